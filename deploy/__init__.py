@@ -1,0 +1,1 @@
+"""Deployment: the ``microblog`` command, the embedded runner, container images and docs."""

@@ -1,0 +1,144 @@
+"""The ``microblog`` command: run the embedded system, or serve one service or the gateway."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import warnings
+
+import click
+
+# eventlet announces its deprecation on import; nameko 2.14 needs it all the same, and the
+# notice would bury the one line a person needs to see (the URL).
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+
+SERVICE_NAMES = ("users",)
+DEPLOYABLES = SERVICE_NAMES + ("gateway",)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+def main():
+    """Microblog messages and notifications, as event-sourced services."""
+
+
+@main.command()
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="127.0.0.1 ($HOST)")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")), show_default="5000 ($PORT)")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=lambda: os.environ.get("MICROBLOG_DATA_DIR", "data"),
+    show_default="data ($MICROBLOG_DATA_DIR)",
+)
+def run(host, port, data_dir):
+    """Run everything in this process: SQLite files and an in-memory broker."""
+    import eventlet
+
+    eventlet.monkey_patch()
+    from deploy.embedded import EmbeddedSystem
+    from kernel.settings import SettingsError, env_float
+
+    try:
+        poll_interval = env_float("POLL_INTERVAL", 10.0, minimum=0.05)
+    except SettingsError as exc:
+        _fail(str(exc))
+    system = EmbeddedSystem(data_dir, poll_interval=poll_interval).start()
+    click.echo(f"Microblog (embedded) is running on http://{host}:{port}/  (data in {system.data_dir}; Ctrl-C stops it)")
+    try:
+        system.serve(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        system.stop()
+
+
+@main.command()
+@click.argument("name", type=click.Choice(DEPLOYABLES))
+@click.option("--migrate/--no-migrate", default=True, help="Apply database migrations first (default: yes).")
+@click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"), help="gateway only")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")), help="gateway only")
+def serve(name, migrate, host, port):
+    """Serve one service (or the gateway) against RabbitMQ and PostgreSQL."""
+    if name == "gateway":
+        _serve_gateway(host, port)
+    else:
+        _serve_service(name, migrate)
+
+
+def _serve_service(name: str, migrate: bool) -> None:
+    import eventlet
+
+    eventlet.monkey_patch()
+    from nameko.runners import ServiceRunner
+
+    from deploy.registry import SERVICES
+    from deploy.registry import migrate as apply_migrations
+    from kernel.settings import SettingsError
+
+    spec = SERVICES[name]
+    try:
+        config = spec.nameko_config()
+    except SettingsError as exc:
+        _fail(str(exc))
+    if migrate:
+        apply_migrations(spec, config[spec.database_key])
+    runner = ServiceRunner(config)
+    runner.add_service(spec.service_class())
+
+    def shutdown(signum, frame):
+        # Stop in a green thread: signal handlers must not block the hub.
+        eventlet.spawn_n(runner.stop)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    runner.start()
+    click.echo(f"{name} service is running (broker {_redact(config['AMQP_URI'])})")
+    try:
+        runner.wait()
+    except KeyboardInterrupt:
+        runner.stop()
+
+
+def _serve_gateway(host: str, port: int) -> None:
+    from deploy.wsgi_server import serve_gateway
+    from gateway.settings import GatewaySettings
+    from kernel.settings import SettingsError
+
+    try:
+        GatewaySettings.from_env()  # fail now, with a clear message, not in each worker
+        serve_gateway(host, port)
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.argument("name", type=click.Choice(SERVICE_NAMES + ("all",)))
+def migrate(name):
+    """Apply a service's database migrations (its *_DATABASE_URL)."""
+    from deploy.registry import SERVICES
+    from deploy.registry import migrate as apply_migrations
+
+    for spec in SERVICES.values() if name == "all" else [SERVICES[name]]:
+        url = spec.nameko_config()[spec.database_key]
+        apply_migrations(spec, url)
+        click.echo(f"{spec.name}: database is up to date")
+
+
+def _redact(uri: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(uri).render_as_string(hide_password=True)
+    except Exception:
+        return uri.split("@")[-1]
+
+
+if __name__ == "__main__":
+    main()

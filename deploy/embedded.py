@@ -1,0 +1,72 @@
+"""The embedded system: every service and the gateway in one process.
+
+SQLite files under a data folder, kombu's in-memory transport (with the shims in
+``kernel.memory_transport``) instead of RabbitMQ: nothing to install but Python. The
+caller must have run ``eventlet.monkey_patch()`` first.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from deploy.registry import SERVICES, migrate
+from kernel import memory_transport
+
+EMBEDDED_AMQP_URI = "embedded://"
+
+
+def embedded_config(data_dir: Path) -> dict:
+    config = {"AMQP_URI": EMBEDDED_AMQP_URI, "DB_POOL_SIZE": 1, "max_workers": 10}
+    for spec in SERVICES.values():
+        config[spec.database_key] = f"sqlite:///{data_dir / (spec.name + '.db')}"
+    return config
+
+
+class EmbeddedSystem:
+    """Services started in this process, plus a gateway app wired to them."""
+
+    def __init__(self, data_dir: Path, secret_key: str | None = None, poll_interval: float = 10.0):
+        self.data_dir = Path(data_dir).resolve()
+        self.secret_key = secret_key
+        self.poll_interval = poll_interval
+        self.config = embedded_config(self.data_dir)
+        self.runner = None
+        self.app = None
+
+    def start(self):
+        from nameko.runners import ServiceRunner
+
+        from gateway import create_app
+        from gateway.settings import GatewaySettings, persistent_secret_key
+        from kernel.rpc_pool import RpcPool
+
+        memory_transport.register()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for spec in SERVICES.values():
+            migrate(spec, self.config[spec.database_key])
+        self.runner = ServiceRunner(self.config)
+        for spec in SERVICES.values():
+            self.runner.add_service(spec.service_class())
+        self.runner.start()
+        settings = GatewaySettings(
+            secret_key=self.secret_key or persistent_secret_key(self.data_dir),
+            amqp_uri=EMBEDDED_AMQP_URI,
+            poll_interval=self.poll_interval,
+        )
+        self.rpc = RpcPool({"AMQP_URI": EMBEDDED_AMQP_URI}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout)
+        self.app = create_app(settings, rpc=self.rpc)
+        return self
+
+    def stop(self):
+        if self.app is not None:
+            self.rpc.stop()
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+
+    def serve(self, host: str, port: int, log=None):
+        """Serve the gateway on host:port with eventlet's WSGI server until interrupted."""
+        import eventlet
+        import eventlet.wsgi
+
+        listener = eventlet.listen((host, port))
+        eventlet.wsgi.server(listener, self.app, log=log, log_output=log is not None)

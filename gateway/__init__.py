@@ -1,0 +1,61 @@
+"""The Flask gateway: pages, forms, sessions. It holds no business rules; it calls services."""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask, request
+
+from gateway.extensions import babel, csrf, login_manager
+from gateway.session_user import load_user
+from gateway.settings import GatewaySettings
+from kernel.rpc_pool import RpcPool
+
+
+def select_locale():
+    from flask import current_app
+
+    return request.accept_languages.best_match(current_app.config["LANGUAGES"]) or "en"
+
+
+def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = None) -> Flask:
+    """Build the app. Nothing connects here: the RPC pool starts proxies on first use."""
+    settings = settings or GatewaySettings.from_env()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        LANGUAGES=settings.languages,
+        POLL_INTERVAL=settings.poll_interval,
+        REMEMBER_COOKIE_DURATION=timedelta(days=settings.remember_days),
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings.secure_cookies,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+    )
+    app.extensions["rpc"] = rpc or RpcPool(
+        {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
+    )
+
+    login_manager.init_app(app)
+    login_manager.user_loader(load_user)
+    csrf.init_app(app)
+    babel.init_app(
+        app,
+        locale_selector=select_locale,
+        default_translation_directories=str(Path(__file__).parent / "translations"),
+    )
+
+    from gateway import errors
+    from gateway.auth import bp as auth_bp
+    from gateway.main import bp as main_bp
+
+    from flask_babel import get_locale
+
+    app.jinja_env.globals["current_locale"] = get_locale
+    errors.register(app)
+    app.register_blueprint(auth_bp, url_prefix="/auth")
+    app.register_blueprint(main_bp)
+    return app

@@ -1,0 +1,52 @@
+"""Settings of the gateway, from environment variables (read when called, not at import)."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernel import settings as env
+
+
+@dataclass
+class GatewaySettings:
+    secret_key: str
+    amqp_uri: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rpc_pool_size: int = 8
+    rpc_timeout: float = 10.0
+    # How often a page asks /notifications for news, in seconds (the tutorial's 10 s).
+    poll_interval: float = 10.0
+    languages: list[str] = field(default_factory=lambda: ["en", "es"])
+    remember_days: int = 14
+    secure_cookies: bool = False
+
+    @classmethod
+    def from_env(cls, secret_key: str | None = None) -> "GatewaySettings":
+        key = secret_key or env.env_str("SECRET_KEY", "")
+        if not key:
+            raise env.SettingsError(
+                "SECRET_KEY is not set: the gateway signs sessions with it. "
+                "Set it to a long random string (python -c 'import secrets; print(secrets.token_hex(32))')."
+            )
+        return cls(
+            secret_key=key,
+            amqp_uri=env.amqp_uri(),
+            rpc_pool_size=env.env_int("RPC_POOL_SIZE", 8, minimum=1),
+            rpc_timeout=env.rpc_timeout(),
+            poll_interval=env.env_float("POLL_INTERVAL", 10.0, minimum=0.05),
+            remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
+            secure_cookies=env.env_bool("SECURE_COOKIES", False),
+        )
+
+
+def persistent_secret_key(data_dir: Path) -> str:
+    """Embedded mode's secret key: made once, kept (owner-readable only) in the data folder,
+    so sessions survive a restart and no key ever sits in the repository."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    path.touch(mode=0o600)
+    path.write_text(key)
+    return key

@@ -1,0 +1,94 @@
+"""Database engines and the per-worker session DependencyProvider every service uses."""
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+from nameko.extensions import DependencyProvider
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_db_engine(url: str, pool_size: int = 10) -> Engine:
+    """An engine tuned for running under eventlet.
+
+    SQLite gets exactly one connection (pool_size=1, max_overflow=0): under eventlet a
+    writer that yields mid-transaction would otherwise leave a second connection spinning
+    on the busy timeout while blocking the loop. Workers queue for the connection instead.
+    """
+    if not is_sqlite(url):
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+    path = url.split("///", 1)[1] if "///" in url else ""
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=60,
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (the documented
+        # recipe): pysqlite's own implicit BEGIN would defer it past our first read.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database(DependencyProvider):
+    """Injects a SQLAlchemy ``Session`` per worker, closed when the worker ends.
+
+    The URL comes from the container config key given, so each service names its own
+    database (``USERS_DATABASE_URL`` ...). Entry points commit explicitly; anything not
+    committed when the worker ends is rolled back by ``close()``.
+    """
+
+    def __init__(self, url_key: str, pool_size_key: str = "DB_POOL_SIZE"):
+        self.url_key = url_key
+        self.pool_size_key = pool_size_key
+        self.engine: Engine | None = None
+        self.sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def setup(self):
+        config = self.container.config
+        try:
+            url = config[self.url_key]
+        except KeyError:
+            raise RuntimeError(f"{self.container.service_name}: config has no {self.url_key}") from None
+        self.engine = create_db_engine(url, pool_size=int(config.get(self.pool_size_key, 10)))
+        self.make_session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def stop(self):
+        if self.engine is not None:
+            self.engine.dispose()
+
+    def kill(self):
+        self.stop()
+
+    def get_dependency(self, worker_ctx) -> Session:
+        session = self.make_session()
+        self.sessions[worker_ctx] = session
+        return session
+
+    def worker_teardown(self, worker_ctx):
+        session = self.sessions.pop(worker_ctx, None)
+        if session is not None:
+            session.close()

@@ -1,0 +1,53 @@
+"""Typed errors that cross RPC: a service raises them, the caller catches the same class.
+
+nameko serialises an exception raised by an RPC entry point as its class path and
+``args``; ``deserialize_to_instance`` makes the caller's proxy rebuild it as this class
+(not a generic ``RemoteError``), provided the caller imported this module, which the
+gateway does. So ``args`` must be exactly what ``__init__`` takes: (message, field).
+"""
+from nameko.exceptions import deserialize_to_instance
+
+
+class ServiceError(Exception):
+    """Base of the errors a person can be shown. ``field`` names the form field at fault."""
+
+    default_field: str | None = None
+
+    def __init__(self, message: str = "", field: str | None = None):
+        super().__init__(message, field if field is not None else self.default_field)
+
+    @property
+    def message(self) -> str:
+        return self.args[0]
+
+    @property
+    def field(self) -> str | None:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@deserialize_to_instance
+class ValidationFailed(ServiceError):
+    """Input was rejected; the message says why and ``field`` (when known) says where."""
+
+
+@deserialize_to_instance
+class UsernameTaken(ValidationFailed):
+    default_field = "username"
+
+
+@deserialize_to_instance
+class EmailTaken(ValidationFailed):
+    default_field = "email"
+
+
+@deserialize_to_instance
+class InvalidCredentials(ServiceError):
+    """Username and password do not match an account."""
+
+
+@deserialize_to_instance
+class UserNotFound(ServiceError):
+    """No user has that id or username."""

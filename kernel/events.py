@@ -1,0 +1,119 @@
+"""Event contracts shared by the producer (messages) and every consumer.
+
+Events are frozen dataclasses with explicit ``to_dict``/``from_dict``: nothing crosses the
+broker or the feed as an ad-hoc dict. ``event_type`` is the class name and doubles as the
+nameko event type on the wire.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+
+class EventContractError(ValueError):
+    """A payload does not match any known event contract."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        moment = datetime.fromisoformat(value)
+    else:
+        raise EventContractError(f"occurred_at must be an ISO-8601 string, not {value!r}")
+    # Naive times are read as UTC so that two services never disagree about a moment.
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Fields every event carries. ``position`` is 0 until the log assigns one."""
+
+    version: ClassVar[int] = 1
+
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    position: int = 0
+    occurred_at: datetime = field(default_factory=_utcnow)
+
+    @classmethod
+    def event_type(cls) -> str:
+        return cls.__name__
+
+    def with_position(self, position: int) -> "Event":
+        return dataclasses.replace(self, position=position)
+
+    def body(self) -> dict[str, Any]:
+        """The event-specific fields (everything but the envelope)."""
+        envelope = {f.name for f in dataclasses.fields(Event)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in envelope
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event_type": self.event_type(),
+            "version": self.version,
+            "event_id": str(self.event_id),
+            "position": self.position,
+            "occurred_at": self.occurred_at.isoformat(),
+            "data": self.body(),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> "Event":
+        """Build the right event class from a payload made by ``to_dict``.
+
+        Called on ``Event`` it dispatches on ``event_type``; called on a subclass it also
+        checks the payload is of that type.
+        """
+        if not isinstance(payload, dict):
+            raise EventContractError(f"an event payload must be a dict, not {type(payload).__name__}")
+        try:
+            type_name = payload["event_type"]
+            event_cls = EVENT_TYPES[type_name]
+        except KeyError:
+            raise EventContractError(f"unknown event type {payload.get('event_type')!r}") from None
+        if cls is not Event and event_cls is not cls:
+            raise EventContractError(f"expected {cls.__name__}, got {type_name}")
+        version = payload.get("version")
+        if version != event_cls.version:
+            raise EventContractError(
+                f"{type_name} version {version!r} is not supported (this code reads version {event_cls.version})"
+            )
+        try:
+            return event_cls(
+                event_id=uuid.UUID(str(payload["event_id"])),
+                position=int(payload["position"]),
+                occurred_at=_parse_time(payload["occurred_at"]),
+                **payload["data"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EventContractError(f"malformed {type_name} payload: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageSent(Event):
+    """User ``sender_id`` sent ``body`` to user ``recipient_id``."""
+
+    sender_id: int
+    recipient_id: int
+    body: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class InboxRead(Event):
+    """User ``user_id`` opened their inbox: everything received so far counts as read."""
+
+    user_id: int
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (MessageSent, InboxRead)}

@@ -1,0 +1,76 @@
+"""Reading settings from environment variables, with errors a person can act on.
+
+Each deployable has its own settings module built from these helpers; none of them
+connects to anything.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class SettingsError(RuntimeError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def data_dir() -> Path:
+    """Where embedded mode keeps its SQLite files (``MICROBLOG_DATA_DIR``, default ./data)."""
+    return Path(env_str("MICROBLOG_DATA_DIR", "data")).resolve()
+
+
+def amqp_uri() -> str:
+    """The broker every deployable talks to. Embedded mode overrides it in-process."""
+    return env_str("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def database_url(service: str) -> str:
+    """``<SERVICE>_DATABASE_URL``; each service owns its own database."""
+    return env_str(f"{service.upper()}_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/microblog_{service}")
+
+
+def rpc_timeout() -> float:
+    return env_float("RPC_TIMEOUT", 10.0, minimum=0.1)

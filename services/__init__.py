@@ -1,0 +1,1 @@
+"""The microservices: users, messages, notifications. Each owns its own database."""

@@ -1,0 +1,1 @@
+"""Messages service: the event-sourced private messages (MessageSent, InboxRead)."""

@@ -1,0 +1,1 @@
+"""Notifications service: projects the messages events into per-user notification rows."""

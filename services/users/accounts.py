@@ -1,0 +1,200 @@
+"""Account rules as plain functions over a SQLAlchemy session: the users service's core."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed
+from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User
+
+# Usernames appear in URLs (/user/<username>): keep them to characters that need no escaping.
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+
+# Checked against when the username is unknown, so a wrong username costs as much time
+# as a wrong password and response times do not reveal which accounts exist.
+_DUMMY_HASH = generate_password_hash("not a real password")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def public_profile(user: User) -> dict:
+    """What other services and pages may see of a user: never the email or the hash."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "about_me": user.about_me or "",
+        "last_seen": as_utc(user.last_seen).isoformat(),
+        "created_at": as_utc(user.created_at).isoformat(),
+    }
+
+
+def clean_username(username) -> str:
+    if not isinstance(username, str) or not username.strip():
+        raise ValidationFailed("Please enter a username.", "username")
+    username = username.strip()
+    if len(username) > USERNAME_MAX:
+        raise ValidationFailed(f"Usernames are at most {USERNAME_MAX} characters.", "username")
+    if not USERNAME_PATTERN.match(username):
+        raise ValidationFailed(
+            "Usernames may contain only letters, digits, dots, dashes and underscores.", "username"
+        )
+    return username
+
+
+def clean_email(email) -> str:
+    if not isinstance(email, str) or not email.strip():
+        raise ValidationFailed("Please enter an email address.", "email")
+    try:
+        # No DNS lookups: registration must not depend on the network.
+        normalised = validate_email(email.strip(), check_deliverability=False).normalized
+    except EmailNotValidError:
+        raise ValidationFailed("Invalid email address.", "email") from None
+    if len(normalised) > EMAIL_MAX:
+        raise ValidationFailed(f"Email addresses are at most {EMAIL_MAX} characters.", "email")
+    return normalised.lower()
+
+
+def clean_password(password) -> str:
+    if not isinstance(password, str) or not password:
+        raise ValidationFailed("Please enter a password.", "password")
+    if len(password) < PASSWORD_MIN:
+        raise ValidationFailed(f"Passwords are at least {PASSWORD_MIN} characters.", "password")
+    if len(password) > PASSWORD_MAX:
+        raise ValidationFailed(f"Passwords are at most {PASSWORD_MAX} characters.", "password")
+    return password
+
+
+def clean_about_me(about_me) -> str:
+    if about_me is None:
+        return ""
+    if not isinstance(about_me, str):
+        raise ValidationFailed("About me must be text.", "about_me")
+    about_me = about_me.strip()
+    if len(about_me) > ABOUT_ME_MAX:
+        raise ValidationFailed(f"About me is at most {ABOUT_ME_MAX} characters.", "about_me")
+    return about_me
+
+
+def _find_by_username(session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+
+
+def _username_taken(session: Session, username: str, except_id: int | None = None) -> bool:
+    user = _find_by_username(session, username)
+    return user is not None and user.id != except_id
+
+
+def register(session: Session, username, email, password, hasher=generate_password_hash) -> dict:
+    username = clean_username(username)
+    email = clean_email(email)
+    password = clean_password(password)
+    if _username_taken(session, username):
+        raise UsernameTaken("Please use a different username.")
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise EmailTaken("Please use a different email address.")
+    now = utcnow()
+    user = User(
+        username=username,
+        email=email,
+        password_hash=hasher(password),
+        about_me="",
+        last_seen=now,
+        created_at=now,
+    )
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another registration with the same name or email committed first.
+        session.rollback()
+        if _username_taken(session, username):
+            raise UsernameTaken("Please use a different username.") from None
+        raise EmailTaken("Please use a different email address.") from None
+    return public_profile(user)
+
+
+def authenticate(session: Session, username, password, checker=check_password_hash) -> dict:
+    """The user's profile if the password matches; ``InvalidCredentials`` otherwise."""
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise InvalidCredentials("Invalid username or password")
+    user = _find_by_username(session, username.strip()) if username.strip() else None
+    if user is None:
+        checker(_DUMMY_HASH, password)
+        raise InvalidCredentials("Invalid username or password")
+    if not checker(user.password_hash, password):
+        raise InvalidCredentials("Invalid username or password")
+    user.last_seen = utcnow()
+    session.commit()
+    return public_profile(user)
+
+
+def _get(session: Session, user_id) -> User:
+    if isinstance(user_id, bool) or not isinstance(user_id, int):
+        raise UserNotFound(f"No user with id {user_id!r}.")
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(f"No user with id {user_id}.")
+    return user
+
+
+def get_user(session: Session, user_id) -> dict:
+    return public_profile(_get(session, user_id))
+
+
+def get_user_by_username(session: Session, username) -> dict:
+    user = _find_by_username(session, username.strip()) if isinstance(username, str) else None
+    if user is None:
+        raise UserNotFound(f"User {username} not found.")
+    return public_profile(user)
+
+
+def get_users(session: Session, user_ids) -> dict[str, dict]:
+    """Profiles of many users in one query, keyed by id as a string (JSON keys are strings).
+
+    Unknown ids are left out, so a caller can tell who no longer exists.
+    """
+    ids = sorted({i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)})
+    if not ids:
+        return {}
+    users = session.scalars(select(User).where(User.id.in_(ids)))
+    return {str(user.id): public_profile(user) for user in users}
+
+
+def update_profile(session: Session, user_id, username, about_me) -> dict:
+    user = _get(session, user_id)
+    username = clean_username(username)
+    about_me = clean_about_me(about_me)
+    if _username_taken(session, username, except_id=user.id):
+        raise UsernameTaken("Please use a different username.")
+    user.username = username
+    user.about_me = about_me
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise UsernameTaken("Please use a different username.") from None
+    return public_profile(user)
+
+
+def record_seen(session: Session, user_id) -> dict:
+    user = _get(session, user_id)
+    user.last_seen = utcnow()
+    session.commit()
+    return public_profile(user)

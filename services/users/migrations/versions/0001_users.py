@@ -1,0 +1,34 @@
+"""Create the users table.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-24
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("username", sa.String(64), nullable=False),
+        sa.Column("email", sa.String(120), nullable=False),
+        sa.Column("password_hash", sa.String(256), nullable=False),
+        sa.Column("about_me", sa.String(140), nullable=False, server_default=""),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
+    op.create_index("ix_users_email", "users", ["email"], unique=True)
+
+
+def downgrade():
+    op.drop_index("ix_users_email", table_name="users")
+    op.drop_index("ix_users_username_lower", table_name="users")
+    op.drop_table("users")

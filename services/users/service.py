@@ -1,0 +1,51 @@
+"""The users nameko service: RPC entry points only; the rules live in ``accounts``."""
+from eventlet import tpool
+from nameko.rpc import rpc
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from kernel.db import Database
+from services.users import accounts
+
+
+def _hash_off_loop(password: str) -> str:
+    # scrypt takes tens of milliseconds of CPU; in a real thread it does not stall
+    # every other green thread of the service while it runs.
+    return tpool.execute(generate_password_hash, password)
+
+
+def _check_off_loop(password_hash: str, password: str) -> bool:
+    return tpool.execute(check_password_hash, password_hash, password)
+
+
+class UsersService:
+    name = "users"
+
+    db = Database("USERS_DATABASE_URL")
+
+    @rpc
+    def register(self, username, email, password):
+        return accounts.register(self.db, username, email, password, hasher=_hash_off_loop)
+
+    @rpc
+    def authenticate(self, username, password):
+        return accounts.authenticate(self.db, username, password, checker=_check_off_loop)
+
+    @rpc
+    def get_user(self, user_id):
+        return accounts.get_user(self.db, user_id)
+
+    @rpc
+    def get_user_by_username(self, username):
+        return accounts.get_user_by_username(self.db, username)
+
+    @rpc
+    def get_users(self, user_ids):
+        return accounts.get_users(self.db, user_ids)
+
+    @rpc
+    def update_profile(self, user_id, username, about_me):
+        return accounts.update_profile(self.db, user_id, username, about_me)
+
+    @rpc
+    def record_seen(self, user_id):
+        return accounts.record_seen(self.db, user_id)
