@@ -52,9 +52,9 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     from gateway.auth import bp as auth_bp
     from gateway.main import bp as main_bp
 
-    from flask_babel import get_locale
+    from flask_babel import format_datetime, get_locale
 
-    app.jinja_env.globals["current_locale"] = get_locale
+    app.jinja_env.globals.update(current_locale=get_locale, format_datetime=format_datetime)
     errors.register(app)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)

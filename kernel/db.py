@@ -14,6 +14,15 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def normalise_url(url: str) -> str:
+    """Pin PostgreSQL URLs to psycopg2 (SQLAlchemy 2.1 would pick psycopg 3 for a bare
+    ``postgresql://``) and accept the ``postgres://`` spelling some hosts hand out."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
 def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     """An engine tuned for running under eventlet.
 
@@ -21,6 +30,7 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     writer that yields mid-transaction would otherwise leave a second connection spinning
     on the busy timeout while blocking the loop. Workers queue for the connection instead.
     """
+    url = normalise_url(url)
     if not is_sqlite(url):
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 

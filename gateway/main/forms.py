@@ -7,5 +7,5 @@ from wtforms.validators import DataRequired, Length
 
 class EditProfileForm(FlaskForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
-    about_me = TextAreaField(_l("About me"), validators=[Length(min=0, max=140)])
+    about_me = TextAreaField(_l("About me"), validators=[Length(max=140)])
     submit = SubmitField(_l("Submit"))

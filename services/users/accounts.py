@@ -86,6 +86,9 @@ def clean_about_me(about_me) -> str:
         return ""
     if not isinstance(about_me, str):
         raise ValidationFailed("About me must be text.", "about_me")
+    if "\x00" in about_me:
+        # PostgreSQL cannot store NUL in text; refuse it rather than fail on commit.
+        raise ValidationFailed("About me contains a character that is not allowed.", "about_me")
     about_me = about_me.strip()
     if len(about_me) > ABOUT_ME_MAX:
         raise ValidationFailed(f"About me is at most {ABOUT_ME_MAX} characters.", "about_me")
@@ -93,6 +96,10 @@ def clean_about_me(about_me) -> str:
 
 
 def _find_by_username(session: Session, username: str) -> User | None:
+    # A string that could never be a username (too long, NUL, slashes ...) names nobody;
+    # checking first also keeps such strings out of the database driver.
+    if len(username) > USERNAME_MAX or not USERNAME_PATTERN.match(username):
+        return None
     return session.scalar(select(User).where(func.lower(User.username) == username.lower()))
 
 

@@ -1,0 +1,146 @@
+"""Test fixtures shared by every level.
+
+Real RabbitMQ and PostgreSQL: used when reachable. Under CI (``MICROBLOG_REQUIRE_REAL=1``,
+set by .ci/run) their absence fails the run instead of skipping those tests.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # before anything opens a socket or starts a thread (nameko's fixtures need it)
+
+import os  # noqa: E402
+import socket  # noqa: E402
+import uuid  # noqa: E402
+import warnings  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+import pytest  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+
+REQUIRE_REAL = os.environ.get("MICROBLOG_REQUIRE_REAL") == "1"
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+TEST_SECRET = "test-secret-key-not-for-production"
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_addoption(parser):
+    parser.addoption("--no-real", action="store_true", help="skip tests that need RabbitMQ and PostgreSQL")
+
+
+@pytest.fixture(scope="session")
+def real_infra(request):
+    """Guard for tests that need the real servers: skip (locally) or fail (CI) without them."""
+    missing = []
+    if request.config.getoption("--no-real"):
+        pytest.skip("--no-real given")
+    if not _reachable(request.config.getoption("RABBIT_AMQP_URI"), 5672):
+        missing.append("RabbitMQ (AMQP)")
+    if not _reachable(request.config.getoption("RABBIT_API_URI"), 15672):
+        missing.append("RabbitMQ management API (rabbitmq-plugins enable rabbitmq_management)")
+    if not _reachable(PG_ADMIN_URL, 5432):
+        missing.append("PostgreSQL")
+    if missing:
+        message = "not reachable: " + ", ".join(missing)
+        if REQUIRE_REAL:
+            pytest.fail(message + " (required under CI)")
+        pytest.skip(message)
+
+
+class PostgresDatabases:
+    """Creates throw-away PostgreSQL databases and drops them at the end of the session."""
+
+    def __init__(self, admin_url: str):
+        from sqlalchemy import create_engine
+
+        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_size=1)
+        self.created = []
+
+    def create(self, label: str) -> str:
+        from sqlalchemy import text
+        from sqlalchemy.engine import make_url
+
+        name = f"mbtest_{label}_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self):
+        from sqlalchemy import text
+
+        with self.admin.connect() as connection:
+            for name in self.created:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres(real_infra):
+    databases = PostgresDatabases(PG_ADMIN_URL)
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def users_pg_url(postgres):
+    """One migrated users database for the session; ``users_db_url`` empties it per test."""
+    from services.users import MIGRATIONS
+    from kernel.migrations import upgrade
+
+    url = postgres.create("users")
+    upgrade(MIGRATIONS, url)
+    return url
+
+
+def empty_tables(url: str) -> None:
+    """Delete every row of every table but Alembic's, and restart id sequences."""
+    from sqlalchemy import inspect, text
+
+    from kernel.db import create_db_engine
+
+    engine = create_db_engine(url, pool_size=1)
+    with engine.begin() as connection:
+        tables = [t for t in inspect(connection).get_table_names() if t != "alembic_version"]
+        if connection.dialect.name == "postgresql":
+            if tables:
+                connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                connection.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def users_db_url(request, tmp_path):
+    """The users service's database on SQLite (embedded mode) and on PostgreSQL: same tests."""
+    if request.param == "sqlite":
+        from services.users import MIGRATIONS
+        from kernel.migrations import upgrade
+
+        url = f"sqlite:///{tmp_path / 'users.db'}"
+        upgrade(MIGRATIONS, url)
+        return url
+    url = request.getfixturevalue("users_pg_url")
+    empty_tables(url)
+    return url
+
+
+@pytest.fixture
+def users_session(users_db_url):
+    from sqlalchemy.orm import sessionmaker
+
+    from kernel.db import create_db_engine
+
+    engine = create_db_engine(users_db_url, pool_size=2)
+    session = sessionmaker(engine, expire_on_commit=False)()
+    yield session
+    session.close()
+    engine.dispose()

@@ -1,0 +1,90 @@
+"""The gateway over a running system: the embedded one, and real services on RabbitMQ + PostgreSQL.
+
+Each system starts once per test session (starting and stopping nameko services costs
+seconds); every test gets empty databases and a fresh browser (test client).
+"""
+import pytest
+
+from tests.conftest import TEST_SECRET, empty_tables
+
+
+class RunningSystem:
+    def __init__(self, app, database_urls, stop):
+        self.app = app
+        self.database_urls = database_urls
+        self.stop = stop
+
+    def reset(self):
+        for url in self.database_urls:
+            empty_tables(url)
+
+
+@pytest.fixture(scope="session")
+def session_rabbit_config(request, real_infra, vhost_pipeline):
+    from urllib.parse import urlparse
+
+    uri = urlparse(request.config.getoption("RABBIT_AMQP_URI"))
+    with vhost_pipeline.get() as vhost:
+        yield {"AMQP_URI": f"{uri.scheme}://{uri.netloc}/{vhost}"}
+
+
+def _start_embedded(tmp_path_factory):
+    from deploy.embedded import EmbeddedSystem
+    from deploy.registry import SERVICES
+
+    system = EmbeddedSystem(tmp_path_factory.mktemp("embedded"), secret_key=TEST_SECRET, poll_interval=0.2).start()
+    urls = [system.config[spec.database_key] for spec in SERVICES.values()]
+    return RunningSystem(system.app, urls, system.stop)
+
+
+def _start_real(request):
+    from nameko.runners import ServiceRunner
+
+    from deploy.registry import SERVICES
+    from gateway import create_app
+    from gateway.settings import GatewaySettings
+    from kernel.migrations import upgrade
+    from kernel.rpc_pool import RpcPool
+
+    config = dict(request.getfixturevalue("session_rabbit_config"))
+    postgres = request.getfixturevalue("postgres")
+    for spec in SERVICES.values():
+        config[spec.database_key] = postgres.create(spec.name)
+        upgrade(spec.migrations, config[spec.database_key])
+    runner = ServiceRunner(config)
+    for spec in SERVICES.values():
+        runner.add_service(spec.service_class())
+    runner.start()
+    pool = RpcPool({"AMQP_URI": config["AMQP_URI"]}, size=4, timeout=10)
+    app = create_app(GatewaySettings(secret_key=TEST_SECRET, amqp_uri=config["AMQP_URI"], poll_interval=0.2), rpc=pool)
+
+    def stop():
+        pool.stop()
+        runner.stop()
+
+    return RunningSystem(app, [config[spec.database_key] for spec in SERVICES.values()], stop)
+
+
+@pytest.fixture(scope="session", params=["embedded", "real"])
+def running_system(request, tmp_path_factory):
+    system = _start_embedded(tmp_path_factory) if request.param == "embedded" else _start_real(request)
+    system.app.config["TESTING"] = True
+    yield system
+    system.stop()
+
+
+@pytest.fixture
+def system_app(running_system):
+    running_system.reset()
+    return running_system.app
+
+
+@pytest.fixture
+def client(system_app):
+    return system_app.test_client()
+
+
+@pytest.fixture
+def other_client(system_app):
+    """A second browser."""
+    return system_app.test_client()
