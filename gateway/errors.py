@@ -1,5 +1,5 @@
 """Error pages: every failure a visitor can cause gets a page and the right status, never a 500."""
-from flask import render_template
+from flask import current_app, render_template
 from flask_babel import _
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
@@ -18,8 +18,7 @@ def register(app):
     @app.errorhandler(ServiceUnavailable)
     def service_unavailable(error):
         app.logger.warning("service unavailable: %s", error)
-        # No navbar: drawing it would need the users service, which may be the one down.
-        return render_template("errors/503.html", minimal_nav=True), 503
+        return _render_without_user("errors/503.html"), 503
 
     @app.errorhandler(HTTPException)
     def http_error(error):
@@ -28,4 +27,14 @@ def register(app):
 
     @app.errorhandler(500)
     def internal_error(error):
-        return render_template("errors/500.html", minimal_nav=True), 500
+        return _render_without_user("errors/500.html"), 500
+
+
+def _render_without_user(template: str) -> str:
+    """Render an error page without asking who the visitor is.
+
+    ``render_template`` runs Flask-Login's context processor, which loads the user over
+    RPC: exactly what fails when the users service or the broker is down. Rendering the
+    template directly skips the context processors; the page shows no user-specific navbar.
+    """
+    return current_app.jinja_env.get_template(template).render(minimal_nav=True)

@@ -49,7 +49,7 @@ class Event:
     def with_position(self, position: int) -> "Event":
         return dataclasses.replace(self, position=position)
 
-    def body(self) -> dict[str, Any]:
+    def event_data(self) -> dict[str, Any]:
         """The event-specific fields (everything but the envelope)."""
         envelope = {f.name for f in dataclasses.fields(Event)}
         return {
@@ -65,7 +65,7 @@ class Event:
             "event_id": str(self.event_id),
             "position": self.position,
             "occurred_at": self.occurred_at.isoformat(),
-            "data": self.body(),
+            "data": self.event_data(),
         }
 
     @classmethod

@@ -1,0 +1,142 @@
+"""The ``microblog`` command as separate processes: what a container or a developer runs."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from tests.helpers import PASSWORD
+
+MICROBLOG = str(Path(sys.executable).parent / "microblog")
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(args, env, log_path):
+    log = open(log_path, "w")
+    return subprocess.Popen(
+        [MICROBLOG, *args], env={**os.environ, "PYTHONWARNINGS": "ignore", **env},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def stop(process, sig=signal.SIGTERM, timeout=20) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    return process.wait(timeout=timeout)
+
+
+def wait_for_http(url, process, log_path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"process exited early:\n{Path(log_path).read_text()}")
+        try:
+            return requests.get(url, timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer:\n{Path(log_path).read_text()}")
+
+
+def wait_for_log(log_path, text, process, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in Path(log_path).read_text():
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    pytest.fail(f"{text!r} not logged:\n{Path(log_path).read_text()}")
+
+
+def post_form(session, url, data):
+    token = CSRF.search(session.get(url).text).group(1)
+    return session.post(url, data={"csrf_token": token, **data}, allow_redirects=False)
+
+
+def test_make_run_command_serves_the_embedded_system(tmp_path):
+    port = free_port()
+    log = tmp_path / "run.log"
+    process = start(["run"], {"PORT": str(port), "MICROBLOG_DATA_DIR": str(tmp_path / "data")}, log)
+    try:
+        assert wait_for_http(f"http://127.0.0.1:{port}/auth/login", process, log).status_code == 200
+        assert f"http://127.0.0.1:{port}/" in log.read_text()
+        browser = requests.Session()
+        assert post_form(browser, f"http://127.0.0.1:{port}/auth/register", {
+            "username": "susan", "email": "susan@example.com", "password": PASSWORD, "password2": PASSWORD,
+        }).status_code == 302
+        assert (tmp_path / "data" / "users.db").exists()
+    finally:
+        assert stop(process, signal.SIGINT) == 0
+
+
+def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_infra, rabbit_config, postgres):
+    users_url = postgres.create("users_cli")  # empty: `serve` applies the migrations
+    port = free_port()
+    env = {
+        "AMQP_URI": rabbit_config["AMQP_URI"],
+        "USERS_DATABASE_URL": users_url,
+        "SECRET_KEY": "process-test-secret",
+        "PORT": str(port),
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_THREADS": "4",
+        "RPC_TIMEOUT": "2",
+    }
+    users = start(["serve", "users"], env, tmp_path / "users.log")
+    gateway = start(["serve", "gateway", "--host", "127.0.0.1"], env, tmp_path / "gateway.log")
+    try:
+        wait_for_log(tmp_path / "users.log", "users service is running", users)
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for_http(base + "/auth/login", gateway, tmp_path / "gateway.log").status_code == 200
+        assert "gthread" in (tmp_path / "gateway.log").read_text()
+
+        browser = requests.Session()
+        response = post_form(browser, base + "/auth/register", {
+            "username": "susan", "email": "susan@example.com", "password": PASSWORD, "password2": PASSWORD,
+        })
+        assert response.status_code == 302
+        response = post_form(browser, base + "/auth/login", {"username": "susan", "password": PASSWORD})
+        assert response.headers["Location"] == "/index"
+        assert "Hi, susan!" in browser.get(base + "/index").text
+        with ClusterRpcProxy(rabbit_config, timeout=10) as rpc:
+            assert rpc.users.get_user_by_username("susan")["username"] == "susan"
+
+        # The users service stops alone: the gateway answers 503, not 500, then recovers.
+        assert stop(users) == 0
+        assert browser.get(base + "/user/susan").status_code == 503
+        users = start(["serve", "users"], env, tmp_path / "users2.log")
+        wait_for_log(tmp_path / "users2.log", "users service is running", users)
+        assert "User: susan" in browser.get(base + "/user/susan").text
+    finally:
+        stop(users)
+        assert stop(gateway) == 0
+
+
+def test_gateway_refuses_to_start_without_a_secret_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    result = subprocess.run([MICROBLOG, "serve", "gateway"], env={**env, "PYTHONWARNINGS": "ignore"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_bad_settings_are_reported_not_raised(tmp_path):
+    result = subprocess.run([MICROBLOG, "run", "--port", str(free_port())],
+                            env={**os.environ, "POLL_INTERVAL": "soon", "PYTHONWARNINGS": "ignore",
+                                 "MICROBLOG_DATA_DIR": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "POLL_INTERVAL must be a number" in result.stderr
+    assert "Traceback" not in result.stderr

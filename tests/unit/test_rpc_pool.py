@@ -1,0 +1,89 @@
+"""The gateway's pool of started RPC proxies (over the embedded transport)."""
+import eventlet
+import pytest
+from nameko.rpc import rpc
+
+from kernel import memory_transport
+from kernel.errors import UserNotFound
+from kernel.rpc_pool import RpcPool, ServiceUnavailable
+
+
+class SlowService:
+    name = "slow"
+
+    @rpc
+    def wait(self, seconds):
+        eventlet.sleep(seconds)
+        return seconds
+
+    @rpc
+    def missing(self):
+        raise UserNotFound("No user with id 3.")
+
+
+@pytest.fixture
+def config(container_factory):
+    memory_transport.register()
+    config = {"AMQP_URI": "embedded://"}
+    container_factory(SlowService, config).start()
+    return config
+
+
+def test_proxies_are_reused_not_made_per_call(config, monkeypatch):
+    pool = RpcPool(config, size=3)
+    started = []
+    original = pool._start_proxy
+    monkeypatch.setattr(pool, "_start_proxy", lambda: started.append(1) or original())
+    for _ in range(10):
+        assert pool.slow.wait(0) == 0
+    assert len(started) == 1
+    pool.stop()
+
+
+def test_concurrent_callers_get_their_own_proxy_up_to_the_size(config):
+    pool = RpcPool(config, size=3)
+    results = [eventlet.spawn(pool.slow.wait, 0.2) for _ in range(6)]
+    assert [r.wait() for r in results] == [0.2] * 6
+    assert pool._created == 3
+    pool.stop()
+
+
+def test_service_errors_arrive_typed_and_keep_the_proxy(config):
+    pool = RpcPool(config, size=1)
+    with pytest.raises(UserNotFound, match="No user with id 3."):
+        pool.slow.missing()
+    assert pool._created == 1 and pool._idle.qsize() == 1
+    assert pool.slow.wait(0) == 0
+    pool.stop()
+
+
+def test_a_timed_out_proxy_is_discarded_and_reported_as_unavailable(config):
+    pool = RpcPool(config, size=1, timeout=0.2)
+    with pytest.raises(ServiceUnavailable):
+        pool.slow.wait(2)
+    assert pool._created == 0
+    assert pool.slow.wait(0) == 0  # a fresh proxy takes its place
+    pool.stop()
+
+
+def test_a_service_nobody_runs_is_unavailable(config):
+    # The memory transport cannot return unroutable messages, so here this is a timeout;
+    # on RabbitMQ it is nameko's UnknownService at once (tests/service).
+    pool = RpcPool(config, size=1, timeout=0.5)
+    with pytest.raises(ServiceUnavailable):
+        pool.nobody.anything()
+    pool.stop()
+
+
+def test_an_unreachable_broker_is_unavailable_not_a_crash():
+    pool = RpcPool({"AMQP_URI": "amqp://guest:guest@127.0.0.1:1//"}, size=1, timeout=1)
+    with pytest.raises(ServiceUnavailable):
+        pool.users.get_user(1)
+    assert pool._created == 0
+
+
+def test_a_stopped_pool_refuses_work(config):
+    pool = RpcPool(config, size=1)
+    pool.stop()
+    with pytest.raises(ServiceUnavailable):
+        pool.slow.wait(0)
