@@ -34,6 +34,13 @@ SERVICES: dict[str, ServiceSpec] = {
             migrations=_ROOT / "users" / "migrations",
             database_key="USERS_DATABASE_URL",
         ),
+        ServiceSpec(
+            name="messages",
+            service_path="services.messages.service:MessagesService",
+            settings_module="services.messages.settings",
+            migrations=_ROOT / "messages" / "migrations",
+            database_key="MESSAGES_DATABASE_URL",
+        ),
     )
 }
 

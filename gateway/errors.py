@@ -23,7 +23,10 @@ def register(app):
     @app.errorhandler(HTTPException)
     def http_error(error):
         template = {400: "errors/400.html", 404: "errors/404.html"}.get(error.code, "errors/generic.html")
-        return render_template(template, error=error, reason=None), error.code
+        # A description we set ourselves (abort(400, description=...)) is worth showing;
+        # werkzeug's stock one is not.
+        reason = error.description if error.description != type(error).description else None
+        return render_template(template, error=error, reason=reason), error.code
 
     @app.errorhandler(500)
     def internal_error(error):

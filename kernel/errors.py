@@ -51,3 +51,8 @@ class InvalidCredentials(ServiceError):
 @deserialize_to_instance
 class UserNotFound(ServiceError):
     """No user has that id or username."""
+
+
+@deserialize_to_instance
+class RecipientNotFound(UserNotFound):
+    """A message was addressed to a user who does not exist."""

@@ -115,6 +115,8 @@ def empty_tables(url: str) -> None:
         else:
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
+        if "counters" in tables:  # the messages log's named positions start again at 0
+            connection.execute(text("INSERT INTO counters (name, position) VALUES ('log_head', 0), ('published', 0)"))
     engine.dispose()
 
 

@@ -9,3 +9,8 @@ class EditProfileForm(FlaskForm):
     username = StringField(_l("Username"), validators=[DataRequired(), Length(max=64)])
     about_me = TextAreaField(_l("About me"), validators=[Length(max=140)])
     submit = SubmitField(_l("Submit"))
+
+
+class MessageForm(FlaskForm):
+    message = TextAreaField(_l("Message"), validators=[DataRequired(), Length(max=140)])
+    submit = SubmitField(_l("Submit"))

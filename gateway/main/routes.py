@@ -1,5 +1,5 @@
 """Routes of the main blueprint."""
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask_babel import _
@@ -7,10 +7,11 @@ from flask_login import current_user, login_required
 
 from gateway.forms import show_service_error
 from gateway.main import bp
-from gateway.main.forms import EditProfileForm
+from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
 from gateway.session_user import SessionUser
-from kernel.errors import UserNotFound, ValidationFailed
+from kernel.clock import as_utc
+from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 
 # The tutorial writes last_seen on every request; once a minute says the same for a
 # fraction of the writes.
@@ -59,3 +60,50 @@ def edit_profile():
         form.username.data = current_user.username
         form.about_me.data = current_user.about_me
     return render_template("edit_profile.html", title=_("Edit Profile"), form=form)
+
+
+@bp.route("/send_message/<recipient>", methods=["GET", "POST"])
+@login_required
+def send_message(recipient):
+    try:
+        user = services().users.get_user_by_username(recipient)
+    except UserNotFound:
+        abort(404)
+    form = MessageForm()
+    if form.validate_on_submit():
+        try:
+            services().messages.send_message(current_user.id, user["id"], form.message.data)
+        except RecipientNotFound:
+            abort(404)
+        except ValidationFailed as error:
+            show_service_error(form, error)
+        else:
+            flash(_("Your message has been sent."))
+            return redirect(url_for("main.user", username=user["username"]))
+    return render_template("send_message.html", title=_("Send Message"), form=form, recipient=user["username"])
+
+
+def _page_argument() -> int:
+    raw = request.args.get("page", "1")
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        abort(400, description=_("The page number must be a whole number, 1 or more."))
+    return int(raw)
+
+
+@bp.route("/messages")
+@login_required
+def messages():
+    page = _page_argument()
+    services().messages.mark_inbox_read(current_user.id)
+    inbox = services().messages.inbox(current_user.id, page)
+    if page > inbox["pages"]:
+        abort(404)
+    senders = services().users.get_users(sorted({m["sender_id"] for m in inbox["messages"]}))
+    for message in inbox["messages"]:
+        message["sender"] = senders.get(str(message["sender_id"]))
+        message["sent_at"] = as_utc(datetime.fromisoformat(message["sent_at"]))
+    next_url = url_for("main.messages", page=page + 1) if inbox["has_next"] else None
+    prev_url = url_for("main.messages", page=page - 1) if inbox["has_prev"] else None
+    return render_template(
+        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url
+    )

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from kernel.clock import as_utc, utcnow
 from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed
 from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User
 
@@ -21,17 +20,6 @@ PASSWORD_MAX = 128
 # Checked against when the username is unknown, so a wrong username costs as much time
 # as a wrong password and response times do not reveal which accounts exist.
 _DUMMY_HASH = generate_password_hash("not a real password")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
 
 
 def public_profile(user: User) -> dict:

@@ -1,0 +1,51 @@
+"""The messages nameko service: RPC entry points only; the work is in commands, inbox, log."""
+from nameko.rpc import RpcProxy, rpc
+
+from kernel.db import Database
+from kernel.errors import ValidationFailed
+from services.messages import commands, inbox, log
+from services.messages.relay import Outbox
+
+
+class MessagesService:
+    name = "messages"
+
+    db = Database("MESSAGES_DATABASE_URL")
+    outbox = Outbox("db")
+    users = RpcProxy("users")
+
+    def _user_exists(self, user_id: int) -> bool:
+        return str(user_id) in self.users.get_users([user_id])
+
+    @rpc
+    def send_message(self, sender_id, recipient_id, body):
+        event = commands.send_message(self.db, sender_id, recipient_id, body, recipient_exists=self._user_exists)
+        self.outbox.wake()
+        return event
+
+    @rpc
+    def mark_inbox_read(self, user_id):
+        event = commands.mark_inbox_read(self.db, user_id)
+        self.outbox.wake()
+        return event
+
+    @rpc
+    def inbox(self, user_id, page=1):
+        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
+            raise ValidationFailed("page must be a whole number, 1 or more.", "page")
+        return inbox.page_of(self.db, user_id, page)
+
+    @rpc
+    def unread_count(self, user_id):
+        return inbox.unread_count(self.db, user_id)
+
+    @rpc
+    def events_after(self, position, limit=log.FEED_BATCH_MAX):
+        """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValidationFailed("position must be a whole number, 0 or more.")
+        return [event.to_dict() for event in log.read_after(self.db, position, limit)]
+
+    @rpc
+    def head(self):
+        return log.head(self.db)
