@@ -131,6 +131,35 @@ def migrate(name):
         click.echo(f"{spec.name}: database is up to date")
 
 
+@main.command()
+@click.argument("name", type=click.Choice(["messages"]))
+def replay(name):
+    """Rebuild a read model from the event log (MESSAGES_DATABASE_URL)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from deploy.registry import SERVICES
+    from kernel.db import create_db_engine
+    from services.messages import inbox, log
+
+    spec = SERVICES[name]
+    engine = create_db_engine(spec.nameko_config()[spec.database_key], pool_size=1)
+    session = sessionmaker(engine)()
+    try:
+        total = log.head(session)
+        with click.progressbar(length=total, label=f"Replaying {total} events into the inbox") as bar:
+            done = [0]
+
+            def progress(applied):
+                bar.update(applied - done[0])
+                done[0] = applied
+
+            applied = inbox.replay(session, progress=progress)
+        click.echo(f"{name}: inbox rebuilt from {applied} events")
+    finally:
+        session.close()
+        engine.dispose()
+
+
 def _redact(uri: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -89,15 +89,24 @@ def postgres(real_infra):
     databases.drop_all()
 
 
-@pytest.fixture(scope="session")
-def users_pg_url(postgres):
-    """One migrated users database for the session; ``users_db_url`` empties it per test."""
-    from services.users import MIGRATIONS
+def _migrated_pg_url(postgres, service: str) -> str:
+    from deploy.registry import SERVICES
     from kernel.migrations import upgrade
 
-    url = postgres.create("users")
-    upgrade(MIGRATIONS, url)
+    url = postgres.create(service)
+    upgrade(SERVICES[service].migrations, url)
     return url
+
+
+@pytest.fixture(scope="session")
+def users_pg_url(postgres):
+    """One migrated users database for the session; tests empty it before use."""
+    return _migrated_pg_url(postgres, "users")
+
+
+@pytest.fixture(scope="session")
+def messages_pg_url(postgres):
+    return _migrated_pg_url(postgres, "messages")
 
 
 def empty_tables(url: str) -> None:
@@ -120,29 +129,51 @@ def empty_tables(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def users_db_url(request, tmp_path):
-    """The users service's database on SQLite (embedded mode) and on PostgreSQL: same tests."""
+def _service_db_url(request, tmp_path, service: str) -> str:
+    """A migrated, empty database of ``service``: SQLite (embedded mode) or PostgreSQL."""
     if request.param == "sqlite":
-        from services.users import MIGRATIONS
+        from deploy.registry import SERVICES
         from kernel.migrations import upgrade
 
-        url = f"sqlite:///{tmp_path / 'users.db'}"
-        upgrade(MIGRATIONS, url)
+        url = f"sqlite:///{tmp_path / (service + '.db')}"
+        upgrade(SERVICES[service].migrations, url)
         return url
-    url = request.getfixturevalue("users_pg_url")
+    url = request.getfixturevalue(f"{service}_pg_url")
     empty_tables(url)
     return url
 
 
-@pytest.fixture
-def users_session(users_db_url):
+def _session(url):
     from sqlalchemy.orm import sessionmaker
 
     from kernel.db import create_db_engine
 
-    engine = create_db_engine(users_db_url, pool_size=2)
-    session = sessionmaker(engine, expire_on_commit=False)()
+    engine = create_db_engine(url, pool_size=4)
+    return engine, sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def users_db_url(request, tmp_path):
+    return _service_db_url(request, tmp_path, "users")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def messages_db_url(request, tmp_path):
+    return _service_db_url(request, tmp_path, "messages")
+
+
+@pytest.fixture
+def users_session(users_db_url):
+    engine, make_session = _session(users_db_url)
+    session = make_session()
     yield session
     session.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def messages_db(messages_db_url):
+    """(engine, sessionmaker) of an empty messages database."""
+    engine, make_session = _session(messages_db_url)
+    yield engine, make_session
     engine.dispose()

@@ -142,3 +142,15 @@ def test_inbox_in_spanish(susan_and_john):
     _, john = susan_and_john
     page = text(john.get("/messages", headers={"Accept-Language": "es"}))
     assert "Mensajes" in page and "No tienes mensajes" in page
+
+
+def test_visiting_messages_appends_inbox_read(susan_and_john, running_system):
+    susan, john = susan_and_john
+    _send(susan, "john", "one")
+    with running_system.app.app_context():
+        from gateway.rpc import services
+
+        before = services().messages.head()
+        john.get("/messages")
+        feed = services().messages.events_after(before)
+    assert [e["event_type"] for e in feed] == ["InboxRead"]

@@ -84,10 +84,12 @@ def test_make_run_command_serves_the_embedded_system(tmp_path):
 
 def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_infra, rabbit_config, postgres):
     users_url = postgres.create("users_cli")  # empty: `serve` applies the migrations
+    messages_url = postgres.create("messages_cli")
     port = free_port()
     env = {
         "AMQP_URI": rabbit_config["AMQP_URI"],
         "USERS_DATABASE_URL": users_url,
+        "MESSAGES_DATABASE_URL": messages_url,
         "SECRET_KEY": "process-test-secret",
         "PORT": str(port),
         "GATEWAY_WORKERS": "2",
@@ -95,9 +97,11 @@ def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_i
         "RPC_TIMEOUT": "2",
     }
     users = start(["serve", "users"], env, tmp_path / "users.log")
+    messages = start(["serve", "messages"], env, tmp_path / "messages.log")
     gateway = start(["serve", "gateway", "--host", "127.0.0.1"], env, tmp_path / "gateway.log")
     try:
         wait_for_log(tmp_path / "users.log", "users service is running", users)
+        wait_for_log(tmp_path / "messages.log", "messages service is running", messages)
         base = f"http://127.0.0.1:{port}"
         assert wait_for_http(base + "/auth/login", gateway, tmp_path / "gateway.log").status_code == 200
         assert "gthread" in (tmp_path / "gateway.log").read_text()
@@ -112,6 +116,9 @@ def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_i
         assert "Hi, susan!" in browser.get(base + "/index").text
         with ClusterRpcProxy(rabbit_config, timeout=10) as rpc:
             assert rpc.users.get_user_by_username("susan")["username"] == "susan"
+        response = post_form(browser, base + "/send_message/susan", {"message": "note to self"})
+        assert response.status_code == 302
+        assert "note to self" in browser.get(base + "/messages").text
 
         # The users service stops alone: the gateway answers 503, not 500, then recovers.
         assert stop(users) == 0
@@ -121,6 +128,7 @@ def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_i
         assert "User: susan" in browser.get(base + "/user/susan").text
     finally:
         stop(users)
+        assert stop(messages) == 0
         assert stop(gateway) == 0
 
 
@@ -140,3 +148,40 @@ def test_bad_settings_are_reported_not_raised(tmp_path):
     assert result.returncode == 2
     assert "POLL_INTERVAL must be a number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_replay_messages_rebuilds_the_inbox_from_the_log(tmp_path):
+    from sqlalchemy.orm import sessionmaker
+
+    from deploy.registry import SERVICES
+    from kernel.db import create_db_engine
+    from kernel.migrations import upgrade
+    from services.messages import commands, inbox
+    from services.messages.models import InboxMessage
+
+    url = f"sqlite:///{tmp_path / 'messages.db'}"
+    upgrade(SERVICES["messages"].migrations, url)
+    engine = create_db_engine(url)
+    make_session = sessionmaker(engine, expire_on_commit=False)
+    session = make_session()
+    for i in range(30):
+        commands.send_message(session, 1 + i % 3, 1 + i % 2, f"m{i}", lambda _: True)
+        if i % 7 == 0:
+            commands.mark_inbox_read(session, 1 + i % 2)
+    before = inbox.snapshot(session)
+    session.query(InboxMessage).filter(InboxMessage.id % 2 == 0).delete()  # damage the read model
+    session.commit()
+    assert inbox.snapshot(session) != before
+    session.close()
+    engine.dispose()
+
+    result = subprocess.run([MICROBLOG, "replay", "messages"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore", "MESSAGES_DATABASE_URL": url})
+    assert result.returncode == 0, result.stderr
+    assert "inbox rebuilt from 35 events" in result.stdout
+
+    engine = create_db_engine(url)
+    session = sessionmaker(engine)()
+    assert inbox.snapshot(session) == before
+    session.close()
+    engine.dispose()

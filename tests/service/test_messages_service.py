@@ -1,0 +1,126 @@
+"""The messages service in nameko containers: RPC, the feed, and events published to
+listeners through the outbox, on RabbitMQ + PostgreSQL and on the embedded transport."""
+import eventlet
+import pytest
+from nameko.events import event_handler
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from kernel import memory_transport
+from kernel.errors import RecipientNotFound, ValidationFailed
+from kernel.events import Event
+from services.messages.service import MessagesService
+from services.users.service import UsersService
+from tests.conftest import empty_tables
+
+PASSWORD = "correct horse battery"
+RECEIVED = []
+
+
+class Listener:
+    """Stands in for the notifications service: records what the broker delivers."""
+
+    name = "listener"
+
+    @event_handler("messages", "MessageSent")
+    def on_message_sent(self, payload):
+        RECEIVED.append(Event.from_dict(payload))
+
+    @event_handler("messages", "InboxRead")
+    def on_inbox_read(self, payload):
+        RECEIVED.append(Event.from_dict(payload))
+
+
+@pytest.fixture(params=["real", "embedded"])
+def config(request, tmp_path):
+    RECEIVED.clear()
+    if request.param == "embedded":
+        from deploy.registry import SERVICES
+        from kernel.migrations import upgrade
+
+        memory_transport.register()
+        config = {"AMQP_URI": "embedded://", "DB_POOL_SIZE": 1}
+        for name in ("users", "messages"):
+            url = f"sqlite:///{tmp_path / name}.db"
+            upgrade(SERVICES[name].migrations, url)
+            config[SERVICES[name].database_key] = url
+    else:
+        request.getfixturevalue("real_infra")
+        config = dict(request.getfixturevalue("rabbit_config"))
+        for name in ("users", "messages"):
+            url = request.getfixturevalue(f"{name}_pg_url")
+            empty_tables(url)
+            config[f"{name.upper()}_DATABASE_URL"] = url
+    config["OUTBOX_POLL_INTERVAL"] = 0.1
+    return config
+
+
+@pytest.fixture
+def running(config, container_factory):
+    containers = {cls.name: container_factory(cls, config) for cls in (Listener, UsersService, MessagesService)}
+    for container in containers.values():
+        container.start()
+    return containers
+
+
+def wait_for_received(count, timeout=10):
+    with eventlet.Timeout(timeout):
+        while len(RECEIVED) < count:
+            eventlet.sleep(0.01)
+    eventlet.sleep(0.1)  # and nothing more arrives
+    return RECEIVED
+
+
+def test_events_reach_listeners_in_log_order(running, config):
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
+        john = rpc.users.register("john", "john@example.com", PASSWORD)
+        for i in range(10):
+            rpc.messages.send_message(susan["id"], john["id"], f"m{i}")
+        rpc.messages.mark_inbox_read(john["id"])
+        assert rpc.messages.unread_count(john["id"]) == 0
+        received = wait_for_received(11)
+    assert [e.position for e in received] == list(range(1, 12))
+    assert [e.event_type() for e in received] == ["MessageSent"] * 10 + ["InboxRead"]
+    assert [e.body for e in received[:10]] == [f"m{i}" for i in range(10)]
+
+
+def test_sends_succeed_while_publishing_fails_and_events_follow_on_recovery(running, config):
+    outbox = next(dep for dep in running["messages"].dependencies if dep.attr_name == "outbox")
+    real_publish = outbox.relay.publish
+    broken = {"on": True}
+
+    def flaky_publish(event):
+        if broken["on"]:
+            raise ConnectionError("broker unreachable")
+        real_publish(event)
+
+    outbox.relay.publish = flaky_publish
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
+        for i in range(5):
+            assert rpc.messages.send_message(susan["id"], susan["id"], f"m{i}")["position"] == i + 1
+        eventlet.sleep(0.3)
+        assert RECEIVED == []
+        broken["on"] = False
+        received = wait_for_received(5)
+    assert [e.position for e in received] == [1, 2, 3, 4, 5]
+
+
+def test_typed_errors_and_the_feed(running, config):
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
+        with pytest.raises(RecipientNotFound):
+            rpc.messages.send_message(susan["id"], 999, "hello?")
+        with pytest.raises(ValidationFailed) as error:
+            rpc.messages.send_message(susan["id"], susan["id"], " ")
+        assert error.value.field == "message"
+        with pytest.raises(ValidationFailed):
+            rpc.messages.inbox(susan["id"], 0)
+        with pytest.raises(ValidationFailed):
+            rpc.messages.events_after(-1)
+        for i in range(3):
+            rpc.messages.send_message(susan["id"], susan["id"], f"note {i}")
+        feed = rpc.messages.events_after(1)
+        assert [Event.from_dict(e).position for e in feed] == [2, 3]
+        assert rpc.messages.head() == 3
+        assert rpc.messages.inbox(susan["id"], 1)["total"] == 3

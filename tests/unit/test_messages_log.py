@@ -1,0 +1,179 @@
+"""The event log, commands and the inbox read model, on SQLite and PostgreSQL."""
+import eventlet
+import pytest
+from sqlalchemy import func, select
+
+from kernel.errors import RecipientNotFound, ValidationFailed
+from kernel.events import InboxRead, MessageSent
+from services.messages import commands, inbox, log
+from services.messages.models import InboxMessage, LoggedEvent
+
+
+def everyone_exists(_user_id):
+    return True
+
+
+def send(make_session, sender, recipient, body):
+    session = make_session()
+    try:
+        return commands.send_message(session, sender, recipient, body, everyone_exists)
+    finally:
+        session.close()
+
+
+def read(make_session, user):
+    session = make_session()
+    try:
+        return commands.mark_inbox_read(session, user)
+    finally:
+        session.close()
+
+
+def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(messages_db):
+    _, make_session = messages_db
+    senders, per_sender = 8, 25
+    total = senders * per_sender
+    seen = []
+    finished = []
+
+    def sender(number):
+        for i in range(per_sender):
+            send(make_session, number, 100 + number % 3, f"{number}-{i}")
+            eventlet.sleep(0)
+        finished.append(number)
+
+    def reader():
+        last = 0
+        while len(seen) < total:
+            session = make_session()
+            batch = log.read_after(session, last, limit=7)
+            session.close()
+            for event in batch:
+                seen.append((event.position, event.body))
+                last = event.position
+            eventlet.sleep(0)
+
+    tail = eventlet.spawn(reader)
+    workers = [eventlet.spawn(sender, n) for n in range(1, senders + 1)]
+    for worker in workers:
+        worker.wait()
+    with eventlet.Timeout(30):
+        tail.wait()
+    assert [position for position, _ in seen] == list(range(1, total + 1))
+    assert sorted(body for _, body in seen) == sorted(f"{n}-{i}" for n in range(1, senders + 1) for i in range(per_sender))
+
+
+def test_send_appends_message_sent_and_updates_the_inbox_in_one_go(messages_db):
+    _, make_session = messages_db
+    event = send(make_session, 1, 2, "  hello  ")
+    assert event["event_type"] == "MessageSent" and event["position"] == 1
+    assert event["data"] == {"sender_id": 1, "recipient_id": 2, "body": "hello"}
+    session = make_session()
+    assert inbox.unread_count(session, 2) == 1
+    assert inbox.page_of(session, 2, 1)["messages"][0]["body"] == "hello"
+    session.close()
+
+
+@pytest.mark.parametrize("body", ["", "   ", "x" * 141, None, 5, "nul\x00"])
+def test_bad_bodies_are_refused_and_nothing_is_appended(messages_db, body):
+    _, make_session = messages_db
+    with pytest.raises(ValidationFailed) as error:
+        send(make_session, 1, 2, body)
+    assert error.value.field == "message"
+    session = make_session()
+    assert log.head(session) == 0 and session.scalar(select(func.count()).select_from(LoggedEvent)) == 0
+    session.close()
+
+
+def test_unknown_recipient_is_refused_and_nothing_is_appended(messages_db):
+    _, make_session = messages_db
+    session = make_session()
+    for recipient in (99, "2", None, True):
+        with pytest.raises(RecipientNotFound):
+            commands.send_message(session, 1, recipient, "hi", lambda user_id: user_id != 99)
+    assert log.head(session) == 0
+    session.close()
+
+
+def test_a_failed_transaction_leaves_no_event_and_no_gap(messages_db, monkeypatch):
+    _, make_session = messages_db
+    real_apply = inbox.apply
+
+    def broken_apply(session, event):
+        raise RuntimeError("read model update failed")
+
+    monkeypatch.setattr(inbox, "apply", broken_apply)
+    with pytest.raises(RuntimeError):
+        send(make_session, 1, 2, "lost?")
+    monkeypatch.setattr(inbox, "apply", real_apply)
+    assert send(make_session, 1, 2, "kept")["position"] == 1
+    session = make_session()
+    assert [e.body for e in log.read_after(session, 0)] == ["kept"]
+    assert session.scalar(select(func.count()).select_from(InboxMessage)) == 1
+    session.close()
+
+
+def test_unread_count_is_messages_after_the_latest_inbox_read(messages_db):
+    _, make_session = messages_db
+    send(make_session, 1, 2, "a")
+    send(make_session, 3, 2, "b")
+    send(make_session, 2, 1, "to someone else")
+    session = make_session()
+    assert inbox.unread_count(session, 2) == 2
+    session.close()
+    assert read(make_session, 2)["event_type"] == "InboxRead"
+    send(make_session, 1, 2, "c")
+    session = make_session()
+    assert inbox.unread_count(session, 2) == 1
+    assert inbox.unread_count(session, 1) == 1
+    assert inbox.unread_count(session, 42) == 0
+    session.close()
+
+
+def test_pages_are_newest_first_25_a_page(messages_db):
+    _, make_session = messages_db
+    for i in range(30):
+        send(make_session, 1, 2, f"m{i}")
+    session = make_session()
+    first, second, past = (inbox.page_of(session, 2, page) for page in (1, 2, 3))
+    assert [m["body"] for m in first["messages"]] == [f"m{i}" for i in range(29, 4, -1)]
+    assert [m["body"] for m in second["messages"]] == [f"m{i}" for i in range(4, -1, -1)]
+    assert (first["pages"], first["has_next"], first["has_prev"]) == (2, True, False)
+    assert (second["has_next"], second["has_prev"]) == (False, True)
+    assert past["messages"] == [] and past["pages"] == 2
+    assert inbox.page_of(session, 2, 10**30)["messages"] == []
+    session.close()
+
+
+def test_replay_rebuilds_exactly_the_same_read_model(messages_db):
+    _, make_session = messages_db
+    for i in range(40):
+        send(make_session, 1 + i % 4, 1 + (i * 7) % 5, f"message {i}")
+        if i % 9 == 0:
+            read(make_session, 1 + i % 5)
+    session = make_session()
+    before = inbox.snapshot(session)
+    assert before[0] and before[1]
+    progress = []
+    assert inbox.replay(session, progress=progress.append) == log.head(session)
+    assert progress and progress[-1] == log.head(session)
+    session.close()
+    session = make_session()
+    assert inbox.snapshot(session) == before
+    session.close()
+
+
+def test_feed_returns_batches_of_at_most_1000(messages_db):
+    _, make_session = messages_db
+    session = make_session()
+    for i in range(1005):
+        log.append(session, InboxRead(user_id=1) if i % 2 else MessageSent(sender_id=1, recipient_id=2, body=str(i)))
+    session.commit()
+    first = log.read_after(session, 0, limit=5000)
+    assert len(first) == 1000 and first[0].position == 1 and first[-1].position == 1000
+    rest = log.read_after(session, 1000)
+    assert [e.position for e in rest] == [1001, 1002, 1003, 1004, 1005]
+    assert log.read_after(session, 1005) == []
+    assert [e.position for e in log.read_after(session, 10, limit=3)] == [11, 12, 13]
+    assert log.head(session) == 1005
+    session.close()

@@ -1,0 +1,105 @@
+"""The outbox relay: everything in the log goes out, in order, despite publish failures."""
+import eventlet
+import pytest
+from sqlalchemy import select
+
+from services.messages.models import Counter
+from services.messages.relay import OutboxRelay
+from tests.unit.test_messages_log import read, send
+
+
+class FlakyBroker:
+    """Publishes into a list; fails while ``down`` or on the calls listed in ``fail_on``."""
+
+    def __init__(self):
+        self.published = []
+        self.down = False
+        self.fail_on = set()
+        self.calls = 0
+
+    def publish(self, event):
+        self.calls += 1
+        if self.down or self.calls in self.fail_on:
+            raise ConnectionError("broker unreachable")
+        self.published.append(event.position)
+
+
+def published_counter(make_session):
+    session = make_session()
+    try:
+        return session.scalar(select(Counter.position).where(Counter.name == "published"))
+    finally:
+        session.close()
+
+
+def test_relay_publishes_every_event_once_in_order(messages_db):
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker.publish)
+    for i in range(5):
+        send(make_session, 1, 2, f"m{i}")
+    read(make_session, 2)
+    assert relay.relay_pending() == 6
+    assert relay.relay_pending() == 0
+    assert broker.published == [1, 2, 3, 4, 5, 6]
+    assert published_counter(make_session) == 6
+
+
+def test_sends_succeed_while_the_broker_is_down_and_nothing_is_lost_or_reordered(messages_db):
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker.publish)
+    send(make_session, 1, 2, "before")
+    assert relay.relay_pending() == 1
+
+    broker.down = True
+    for i in range(10):
+        assert send(make_session, 1, 2, f"during {i}")["position"] == i + 2
+    with pytest.raises(ConnectionError):
+        relay.relay_pending()
+    assert published_counter(make_session) == 1
+
+    broker.down = False
+    while relay.relay_pending():
+        pass
+    assert broker.published == list(range(1, 12))
+
+
+def test_a_failure_mid_batch_keeps_the_progress_made(messages_db):
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    broker.fail_on = {4}
+    relay = OutboxRelay(make_session, broker.publish)
+    for i in range(6):
+        send(make_session, 1, 2, f"m{i}")
+    with pytest.raises(ConnectionError):
+        relay.relay_pending()
+    assert published_counter(make_session) == 3
+    assert relay.relay_pending() == 3
+    assert broker.published == [1, 2, 3, 4, 5, 6]
+
+
+def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages_db):
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker.publish, poll_interval=0.05)
+    runner = eventlet.spawn(relay.run_forever)
+    try:
+        send(make_session, 1, 2, "first")
+        relay.wake()
+        with eventlet.Timeout(5):
+            while broker.published != [1]:
+                eventlet.sleep(0.01)
+        broker.down = True
+        send(make_session, 1, 2, "second")
+        send(make_session, 1, 2, "third")
+        relay.wake()
+        eventlet.sleep(0.2)
+        assert broker.published == [1]
+        broker.down = False
+        with eventlet.Timeout(10):
+            while broker.published != [1, 2, 3]:
+                eventlet.sleep(0.01)
+    finally:
+        relay.stop()
+        runner.wait()
