@@ -76,13 +76,16 @@ class OutboxRelay:
             try:
                 while self._running and self.relay_pending():
                     pass
-                failures = 0
-                delay = self.poll_interval
             except Exception as exc:
+                # Back off whatever wakes us meanwhile: hammering a broker that is down
+                # would only burn the CPU the service needs for taking new messages.
                 failures += 1
                 delay = min(self.poll_interval * 2 ** failures, MAX_BACKOFF)
                 logger.warning("outbox relay: publishing failed (%s); retrying in %.1fs", exc, delay)
-            with eventlet.Timeout(delay, False):
+                eventlet.sleep(delay)
+                continue
+            failures = 0
+            with eventlet.Timeout(self.poll_interval, False):
                 self._signal.wait()
             self._signal = Signal()
 
@@ -92,13 +95,22 @@ class OutboxRelay:
 
 
 def nameko_publisher(config: dict, source_service: str) -> Callable[[Event], None]:
-    """Publish through nameko's events: exchange ``<source>.events``, type = class name."""
-    from nameko.standalone.events import event_dispatcher
+    """Publish as nameko's events do: exchange ``<source>.events``, routing key = event type
+    (the class name), so ``@event_handler("messages", "MessageSent")`` receives them.
 
-    dispatch = event_dispatcher(config)
+    Unlike nameko's standalone ``event_dispatcher``, the exchange is declared with the
+    publish: a broker that has never seen a consumer would otherwise refuse every event.
+    """
+    from nameko import serialization
+    from nameko.amqp.publish import Publisher
+    from nameko.standalone.events import get_event_exchange
+
+    exchange = get_event_exchange(source_service, config)
+    serializer, _ = serialization.setup(config)
+    publisher = Publisher(config["AMQP_URI"], serializer=serializer, declare=[exchange])
 
     def publish(event: Event) -> None:
-        dispatch(source_service, event.event_type(), event.to_dict())
+        publisher.publish(event.to_dict(), exchange=exchange, routing_key=event.event_type())
 
     return publish
 

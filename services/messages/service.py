@@ -7,6 +7,9 @@ from services.messages import commands, inbox, log
 from services.messages.relay import Outbox
 
 
+KNOWN_USERS: set[int] = set()
+
+
 class MessagesService:
     name = "messages"
 
@@ -15,7 +18,14 @@ class MessagesService:
     users = RpcProxy("users")
 
     def _user_exists(self, user_id: int) -> bool:
-        return str(user_id) in self.users.get_users([user_id])
+        # Accounts are never deleted, so a user once seen to exist is remembered (per
+        # process) and later sends to them skip the round trip to the users service.
+        if user_id in KNOWN_USERS:
+            return True
+        exists = str(user_id) in self.users.get_users([user_id])
+        if exists:
+            KNOWN_USERS.add(user_id)
+        return exists
 
     @rpc
     def send_message(self, sender_id, recipient_id, body):

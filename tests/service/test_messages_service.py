@@ -124,3 +124,27 @@ def test_typed_errors_and_the_feed(running, config):
         assert [Event.from_dict(e).position for e in feed] == [2, 3]
         assert rpc.messages.head() == 3
         assert rpc.messages.inbox(susan["id"], 1)["total"] == 3
+
+
+def test_events_are_published_before_any_consumer_exists(config, container_factory):
+    """A fresh broker has no ``messages.events`` exchange until someone declares it."""
+    from sqlalchemy import create_engine, select
+
+    from kernel.db import normalise_url
+    from services.messages.models import Counter
+
+    for cls in (UsersService, MessagesService):
+        container_factory(cls, config).start()
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
+        rpc.messages.send_message(susan["id"], susan["id"], "anyone there?")
+    engine = create_engine(normalise_url(config["MESSAGES_DATABASE_URL"]))
+    try:
+        with eventlet.Timeout(10):
+            while True:
+                with engine.connect() as connection:
+                    if connection.scalar(select(Counter.position).where(Counter.name == "published")) == 1:
+                        break
+                eventlet.sleep(0.05)
+    finally:
+        engine.dispose()

@@ -1,0 +1,75 @@
+"""Shared set-up for benchmarks: a private RabbitMQ vhost, fresh PostgreSQL databases,
+and services started as their own processes with the ``microblog`` command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from sqlalchemy import create_engine, text
+
+AMQP = os.environ.get("BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
+RABBIT_API = os.environ.get("BENCH_RABBIT_API", "http://guest:guest@127.0.0.1:15672")
+PG_ADMIN = os.environ.get("BENCH_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+MICROBLOG = str(Path(sys.executable).parent / "microblog")
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@contextmanager
+def vhost():
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    requests.put(f"{RABBIT_API}/api/vhosts/{name}", timeout=10).raise_for_status()
+    requests.put(f"{RABBIT_API}/api/permissions/{name}/guest", json={"configure": ".*", "write": ".*", "read": ".*"},
+                 timeout=10).raise_for_status()
+    try:
+        yield f"{AMQP}/{name}"
+    finally:
+        requests.delete(f"{RABBIT_API}/api/vhosts/{name}", timeout=10)
+
+
+@contextmanager
+def databases(*services):
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    names = {service: f"bench_{service}_{uuid.uuid4().hex[:8]}" for service in services}
+    with admin.connect() as connection:
+        for name in names.values():
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield {service: f"{base}/{name}" for service, name in names.items()}
+    finally:
+        with admin.connect() as connection:
+            for name in names.values():
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def services(names, env, log_dir: Path):
+    processes = []
+    try:
+        for name in names:
+            log = open(log_dir / f"{name}.log", "w")
+            processes.append((name, subprocess.Popen([MICROBLOG, "serve", name], env={**os.environ, **env},
+                                                     stdout=log, stderr=subprocess.STDOUT)))
+        for name, process in processes:
+            deadline = time.monotonic() + 60
+            while f"{name} service is running" not in (log_dir / f"{name}.log").read_text():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} did not start:\n{(log_dir / f'{name}.log').read_text()}")
+                time.sleep(0.1)
+        yield
+    finally:
+        for _, process in processes:
+            process.terminate()
+        for _, process in processes:
+            process.wait(timeout=30)

@@ -1,0 +1,68 @@
+"""Benchmark: sends per second through the gateway's RPC pool to committed events, and
+p50/p99 send latency, on RabbitMQ + PostgreSQL with each service in its own process.
+
+    make bench            # or: .venv/bin/python -m bench.send_bench --sends 5000 --concurrency 16
+"""
+from __future__ import annotations
+
+import eventlet
+
+eventlet.monkey_patch()
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+from bench.common import databases, percentile, services, vhost  # noqa: E402
+from kernel.rpc_pool import RpcPool  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sends", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    with vhost() as amqp_uri, databases("users", "messages") as urls, tempfile.TemporaryDirectory() as logs:
+        env = {"AMQP_URI": amqp_uri, "USERS_DATABASE_URL": urls["users"], "MESSAGES_DATABASE_URL": urls["messages"],
+               "PYTHONWARNINGS": "ignore"}
+        with services(["users", "messages"], env, Path(logs)):
+            pool = RpcPool({"AMQP_URI": amqp_uri}, size=args.concurrency, timeout=30)
+            susan = pool.users.register("susan", "susan@example.com", "correct horse battery")
+            john = pool.users.register("john", "john@example.com", "correct horse battery")
+            for _ in range(50):  # warm up connections and workers
+                pool.messages.send_message(susan["id"], john["id"], "warm-up")
+            start_head = pool.messages.head()
+
+            latencies = []
+            remaining = [args.sends]
+
+            def sender():
+                while remaining[0] > 0:
+                    remaining[0] -= 1
+                    began = time.perf_counter()
+                    pool.messages.send_message(susan["id"], john["id"], "benchmark message")
+                    latencies.append(time.perf_counter() - began)
+
+            began = time.perf_counter()
+            workers = [eventlet.spawn(sender) for _ in range(args.concurrency)]
+            for worker in workers:
+                worker.wait()
+            elapsed = time.perf_counter() - began
+            committed = pool.messages.head() - start_head
+            pool.stop()
+
+    print(f"sends:               {len(latencies)} ({args.concurrency} concurrent callers, RPC pool of {args.concurrency})")
+    print(f"committed events:    {committed}")
+    print(f"throughput:          {len(latencies) / elapsed:.0f} sends/s")
+    print(f"latency p50:         {percentile(latencies, 0.50) * 1000:.1f} ms")
+    print(f"latency p99:         {percentile(latencies, 0.99) * 1000:.1f} ms")
+    assert committed == len(latencies), "every acknowledged send must be a committed event"
+
+
+if __name__ == "__main__":
+    main()
