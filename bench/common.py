@@ -55,17 +55,18 @@ def databases(*services):
 
 @contextmanager
 def services(names, env, log_dir: Path):
+    """Start ``microblog serve <name>`` for each name (a name may repeat: more instances)."""
     processes = []
     try:
-        for name in names:
-            log = open(log_dir / f"{name}.log", "w")
-            processes.append((name, subprocess.Popen([MICROBLOG, "serve", name], env={**os.environ, **env},
-                                                     stdout=log, stderr=subprocess.STDOUT)))
-        for name, process in processes:
+        for number, name in enumerate(names):
+            log_path = log_dir / f"{name}-{number}.log"
+            process = subprocess.Popen([MICROBLOG, "serve", name], env={**os.environ, **env},
+                                       stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+            processes.append((name, process))
             deadline = time.monotonic() + 60
-            while f"{name} service is running" not in (log_dir / f"{name}.log").read_text():
+            while f"{name} service is running" not in log_path.read_text():
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not start:\n{(log_dir / f'{name}.log').read_text()}")
+                    raise RuntimeError(f"{name} did not start:\n{log_path.read_text()}")
                 time.sleep(0.1)
         yield
     finally:

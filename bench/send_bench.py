@@ -25,12 +25,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sends", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--instances", type=int, default=2, help="messages service processes (scale-out)")
     args = parser.parse_args()
 
     with vhost() as amqp_uri, databases("users", "messages") as urls, tempfile.TemporaryDirectory() as logs:
         env = {"AMQP_URI": amqp_uri, "USERS_DATABASE_URL": urls["users"], "MESSAGES_DATABASE_URL": urls["messages"],
                "PYTHONWARNINGS": "ignore"}
-        with services(["users", "messages"], env, Path(logs)):
+        with services(["users"] + ["messages"] * args.instances, env, Path(logs)):
             pool = RpcPool({"AMQP_URI": amqp_uri}, size=args.concurrency, timeout=30)
             susan = pool.users.register("susan", "susan@example.com", "correct horse battery")
             john = pool.users.register("john", "john@example.com", "correct horse battery")
@@ -56,7 +57,8 @@ def main():
             committed = pool.messages.head() - start_head
             pool.stop()
 
-    print(f"sends:               {len(latencies)} ({args.concurrency} concurrent callers, RPC pool of {args.concurrency})")
+    print(f"sends:               {len(latencies)} ({args.concurrency} concurrent callers, RPC pool of "
+          f"{args.concurrency}, {args.instances} messages service processes)")
     print(f"committed events:    {committed}")
     print(f"throughput:          {len(latencies) / elapsed:.0f} sends/s")
     print(f"latency p50:         {percentile(latencies, 0.50) * 1000:.1f} ms")

@@ -31,6 +31,12 @@ def _user_id(value, what: str) -> int:
 
 
 def _commit_event(session: Session, event):
+    engine = session.get_bind()
+    if engine.dialect.name == "postgresql":
+        sql, params = inbox.apply_sql(event)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return log.append_in_one_statement(connection, event, sql, params)
+    # SQLite (embedded): one connection, BEGIN IMMEDIATE; the plain transaction is as good.
     try:
         placed = log.append(session, event)
         inbox.apply(session, placed)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from kernel.clock import as_utc
@@ -15,14 +15,17 @@ PER_PAGE = 25
 
 
 def apply_message_sent(session: Session, event: MessageSent) -> None:
-    session.add(
-        InboxMessage(
-            id=event.position,
-            sender_id=event.sender_id,
-            recipient_id=event.recipient_id,
-            body=event.body,
-            sent_at=event.occurred_at,
-        )
+    session.execute(
+        insert(InboxMessage),
+        [
+            {
+                "id": event.position,
+                "sender_id": event.sender_id,
+                "recipient_id": event.recipient_id,
+                "body": event.body,
+                "sent_at": event.occurred_at,
+            }
+        ],
     )
 
 
@@ -41,6 +44,28 @@ def apply(session: Session, event: Event) -> None:
         apply_inbox_read(session, event)
     else:  # a new event type must be handled here before it is appended
         raise TypeError(f"the inbox does not know {event.event_type()}")
+
+
+# The same changes as ``apply``, as SQL for PostgreSQL's one-statement append
+# (log.append_in_one_statement). Replay uses ``apply``; the replay tests compare both.
+_SQL_APPLY = {
+    MessageSent: (
+        "INSERT INTO inbox_messages (id, sender_id, recipient_id, body, sent_at) "
+        "SELECT position, :sender_id, :recipient_id, :body, :occurred_at FROM logged",
+        lambda event: {"sender_id": event.sender_id, "recipient_id": event.recipient_id, "body": event.body},
+    ),
+    InboxRead: (
+        "INSERT INTO inbox_state (user_id, last_read_position) SELECT :user_id, position FROM logged "
+        "ON CONFLICT (user_id) DO UPDATE SET last_read_position = "
+        "GREATEST(inbox_state.last_read_position, EXCLUDED.last_read_position)",
+        lambda event: {"user_id": event.user_id},
+    ),
+}
+
+
+def apply_sql(event: Event) -> tuple[str, dict]:
+    sql, params = _SQL_APPLY[type(event)]
+    return sql, params(event)
 
 
 def last_read_position(session: Session, user_id: int) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
 from kernel.events import Event
@@ -23,18 +23,57 @@ def append(session: Session, event: Event) -> Event:
         update(Counter).where(Counter.name == "log_head").values(position=Counter.position + 1).returning(Counter.position)
     ).scalar_one()
     placed = event.with_position(position)
-    session.add(
-        LoggedEvent(
-            position=position,
-            event_id=str(placed.event_id),
-            event_type=placed.event_type(),
-            version=placed.version,
-            occurred_at=placed.occurred_at,
-            data=json.dumps(placed.event_data()),
-        )
+    # A Core insert, not session.add(): this is the hot path of every command, and the
+    # ORM's unit of work costs more CPU than the statement itself.
+    session.execute(
+        insert(LoggedEvent),
+        [
+            {
+                "position": position,
+                "event_id": str(placed.event_id),
+                "event_type": placed.event_type(),
+                "version": placed.version,
+                "occurred_at": placed.occurred_at,
+                "data": json.dumps(placed.event_data()),
+            }
+        ],
     )
-    session.flush()
     return placed
+
+
+# PostgreSQL: take the next position, log the event and update the read model in ONE
+# statement, run in autocommit, so it is its own transaction. The ``log_head`` row lock is
+# then held for the statement and its commit only, never across round trips to a busy
+# client: appends stay serialised (commit order = position order, no gaps) without a
+# convoy of senders queueing behind a lock holder that is waiting for the CPU.
+_APPEND_CTE = """
+WITH next AS (
+    UPDATE counters SET position = position + 1 WHERE name = 'log_head' RETURNING position
+), logged AS (
+    INSERT INTO event_log (position, event_id, event_type, version, occurred_at, data)
+    SELECT position, :event_id, :event_type, :version, :occurred_at, :data FROM next
+    RETURNING position
+), projected AS (
+    {projection}
+)
+SELECT position FROM logged
+"""
+
+
+def append_in_one_statement(connection, event: Event, projection_sql: str, projection_params: dict) -> Event:
+    """Append ``event`` and run ``projection_sql`` (an INSERT that reads the new position
+    from the CTE ``logged``) atomically. ``connection`` must be in autocommit mode."""
+    statement = text(_APPEND_CTE.format(projection=projection_sql))
+    params = {
+        "event_id": str(event.event_id),
+        "event_type": event.event_type(),
+        "version": event.version,
+        "occurred_at": event.occurred_at,
+        "data": json.dumps(event.event_data()),
+        **projection_params,
+    }
+    position = connection.execute(statement, params).scalar_one()
+    return event.with_position(position)
 
 
 def to_event(row: LoggedEvent) -> Event:

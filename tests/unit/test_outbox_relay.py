@@ -9,7 +9,11 @@ from tests.unit.test_messages_log import read, send
 
 
 class FlakyBroker:
-    """Publishes into a list; fails while ``down`` or on the calls listed in ``fail_on``."""
+    """Publishes into a list; fails while ``down`` or on the calls listed in ``fail_on``.
+
+    Like a broker with confirms: what was published before a failure may have been
+    delivered, so a failed batch shows up again when it is re-sent.
+    """
 
     def __init__(self):
         self.published = []
@@ -23,6 +27,10 @@ class FlakyBroker:
             raise ConnectionError("broker unreachable")
         self.published.append(event.position)
 
+    def flush(self):
+        if self.down:
+            raise ConnectionError("broker unreachable")
+
 
 def published_counter(make_session):
     session = make_session()
@@ -35,7 +43,7 @@ def published_counter(make_session):
 def test_relay_publishes_every_event_once_in_order(messages_db):
     _, make_session = messages_db
     broker = FlakyBroker()
-    relay = OutboxRelay(make_session, broker.publish)
+    relay = OutboxRelay(make_session, broker)
     for i in range(5):
         send(make_session, 1, 2, f"m{i}")
     read(make_session, 2)
@@ -48,7 +56,7 @@ def test_relay_publishes_every_event_once_in_order(messages_db):
 def test_sends_succeed_while_the_broker_is_down_and_nothing_is_lost_or_reordered(messages_db):
     _, make_session = messages_db
     broker = FlakyBroker()
-    relay = OutboxRelay(make_session, broker.publish)
+    relay = OutboxRelay(make_session, broker)
     send(make_session, 1, 2, "before")
     assert relay.relay_pending() == 1
 
@@ -65,24 +73,26 @@ def test_sends_succeed_while_the_broker_is_down_and_nothing_is_lost_or_reordered
     assert broker.published == list(range(1, 12))
 
 
-def test_a_failure_mid_batch_keeps_the_progress_made(messages_db):
+def test_a_failure_mid_batch_sends_the_whole_batch_again(messages_db):
     _, make_session = messages_db
     broker = FlakyBroker()
     broker.fail_on = {4}
-    relay = OutboxRelay(make_session, broker.publish)
+    relay = OutboxRelay(make_session, broker)
     for i in range(6):
         send(make_session, 1, 2, f"m{i}")
     with pytest.raises(ConnectionError):
         relay.relay_pending()
-    assert published_counter(make_session) == 3
-    assert relay.relay_pending() == 3
-    assert broker.published == [1, 2, 3, 4, 5, 6]
+    assert published_counter(make_session) == 0  # unconfirmed: not recorded as published
+    assert relay.relay_pending() == 6
+    assert published_counter(make_session) == 6
+    # At-least-once: the first attempt's 1..3 may have been delivered; then all, in order.
+    assert broker.published == [1, 2, 3, 1, 2, 3, 4, 5, 6]
 
 
 def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages_db):
     _, make_session = messages_db
     broker = FlakyBroker()
-    relay = OutboxRelay(make_session, broker.publish, poll_interval=0.05)
+    relay = OutboxRelay(make_session, broker, poll_interval=0.05)
     runner = eventlet.spawn(relay.run_forever)
     try:
         send(make_session, 1, 2, "first")
