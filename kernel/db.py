@@ -1,6 +1,7 @@
 """Database engines and the per-worker session DependencyProvider every service uses."""
 from __future__ import annotations
 
+import time
 import weakref
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     """
     url = normalise_url(url)
     if not is_sqlite(url):
-        return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        _ping_connections_left_idle(engine)
+        return engine
 
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
@@ -61,6 +64,36 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+# A pooled connection used within this many seconds is trusted to be alive.
+IDLE_PING_AFTER = 5.0
+
+
+def _ping_connections_left_idle(engine: Engine) -> None:
+    """Check a connection with ``SELECT 1`` on checkout only if it sat idle a while.
+
+    ``pool_pre_ping`` pings on every checkout: a round trip per worker, a sixth of the
+    messages service's CPU under load. A connection that was just used is alive; one that
+    sat idle may have been cut (a database restart, a proxy's idle timeout), and a dead
+    one is replaced before use (SQLAlchemy retries checkout on ``DisconnectionError``).
+    """
+    from sqlalchemy import exc
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(dbapi_connection, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, proxy):
+        if time.monotonic() - record.info.get("checked_in_at", 0.0) < IDLE_PING_AFTER:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as error:
+            raise exc.DisconnectionError(str(error)) from error
 
 
 class Database(DependencyProvider):
