@@ -5,13 +5,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 TRANSLATIONS := gateway/translations
 
-.PHONY: run test install translations babel-extract babel-update babel-compile lock clean
+.PHONY: run test bench install translations babel-extract babel-update babel-compile lock clean
 
 run: install translations
 	$(BIN)/microblog run
 
 test: install translations
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks print figures (they need RabbitMQ with its management API, and PostgreSQL).
+bench: install
+	$(BIN)/python -m bench.send_bench $(BENCH_ARGS)
 
 install: $(STAMP)
 

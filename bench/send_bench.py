@@ -25,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sends", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--instances", type=int, default=2, help="messages service processes (scale-out)")
+    parser.add_argument("--instances", type=int, default=1, help="messages service processes (scale-out)")
     args = parser.parse_args()
 
     with vhost() as amqp_uri, databases("users", "messages") as urls, tempfile.TemporaryDirectory() as logs:

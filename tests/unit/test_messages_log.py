@@ -97,15 +97,20 @@ def test_unknown_recipient_is_refused_and_nothing_is_appended(messages_db):
 
 def test_a_failed_transaction_leaves_no_event_and_no_gap(messages_db, monkeypatch):
     _, make_session = messages_db
-    real_apply = inbox.apply
+    real_apply, real_apply_sql = inbox.apply, inbox.apply_sql
 
     def broken_apply(session, event):
         raise RuntimeError("read model update failed")
 
+    def broken_apply_sql(event):  # PostgreSQL's one-statement path: a read-model insert that fails
+        return "INSERT INTO inbox_messages (id) SELECT NULL FROM logged", {}
+
     monkeypatch.setattr(inbox, "apply", broken_apply)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(inbox, "apply_sql", broken_apply_sql)
+    with pytest.raises(Exception):
         send(make_session, 1, 2, "lost?")
     monkeypatch.setattr(inbox, "apply", real_apply)
+    monkeypatch.setattr(inbox, "apply_sql", real_apply_sql)
     assert send(make_session, 1, 2, "kept")["position"] == 1
     session = make_session()
     assert [e.body for e in log.read_after(session, 0)] == ["kept"]
