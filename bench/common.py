@@ -57,12 +57,14 @@ def databases(*services):
 def services(names, env, log_dir: Path):
     """Start ``microblog serve <name>`` for each name (a name may repeat: more instances)."""
     processes = []
+    services.pids = {}
     try:
         for number, name in enumerate(names):
             log_path = log_dir / f"{name}-{number}.log"
             process = subprocess.Popen([MICROBLOG, "serve", name], env={**os.environ, **env},
                                        stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
             processes.append((name, process))
+            services.pids.setdefault(name, []).append(process.pid)
             deadline = time.monotonic() + 60
             while f"{name} service is running" not in log_path.read_text():
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -74,3 +76,41 @@ def services(names, env, log_dir: Path):
             process.terminate()
         for _, process in processes:
             process.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes_named(fragment: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by groups of processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+
+    def _read(self):
+        return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+
+    def start(self):
+        self.before = self._read()
+
+    def stop(self) -> dict[str, float]:
+        after = self._read()
+        return {name: after[name] - self.before[name] for name in self.groups}

@@ -17,7 +17,9 @@ from pathlib import Path  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
-from bench.common import databases, percentile, services, vhost  # noqa: E402
+import os  # noqa: E402
+
+from bench.common import CpuMeter, databases, percentile, processes_named, services, vhost  # noqa: E402
 from kernel.rpc_pool import RpcPool  # noqa: E402
 
 
@@ -49,11 +51,20 @@ def main():
                     pool.messages.send_message(susan["id"], john["id"], "benchmark message")
                     latencies.append(time.perf_counter() - began)
 
+            meter = CpuMeter({
+                "messages service": services.pids["messages"],
+                "users service": services.pids["users"],
+                "benchmark client (RPC pool)": [os.getpid()],
+                "RabbitMQ": processes_named("beam.smp"),
+                "PostgreSQL": processes_named("postgres:"),
+            })
+            meter.start()
             began = time.perf_counter()
             workers = [eventlet.spawn(sender) for _ in range(args.concurrency)]
             for worker in workers:
                 worker.wait()
             elapsed = time.perf_counter() - began
+            cpu = meter.stop()
             committed = pool.messages.head() - start_head
             pool.stop()
 
@@ -63,6 +74,8 @@ def main():
     print(f"throughput:          {len(latencies) / elapsed:.0f} sends/s")
     print(f"latency p50:         {percentile(latencies, 0.50) * 1000:.1f} ms")
     print(f"latency p99:         {percentile(latencies, 0.99) * 1000:.1f} ms")
+    print("CPU per send:        " + ", ".join(f"{name} {seconds / len(latencies) * 1e3:.2f} ms"
+                                             for name, seconds in cpu.items()))
     assert committed == len(latencies), "every acknowledged send must be a committed event"
 
 

@@ -96,6 +96,38 @@ def _ping_connections_left_idle(engine: Engine) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
+_autocommit_siblings: "weakref.WeakKeyDictionary[Engine, Engine]" = weakref.WeakKeyDictionary()
+
+
+def autocommit_engine_for(engine: Engine) -> Engine:
+    """A sibling engine (same database, own small pool) whose connections are always in
+    autocommit mode, for single statements that are their own transaction.
+
+    Switching a pooled connection to autocommit and back costs a reset on every checkin;
+    a pool that is autocommit from the start has nothing to reset.
+    """
+    sibling = _autocommit_siblings.get(engine)
+    if sibling is None:
+        sibling = create_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_reset_on_return=None,
+            pool_size=engine.pool.size(),
+            max_overflow=engine.pool.size(),
+        )
+        _ping_connections_left_idle(sibling)
+        _autocommit_siblings[engine] = sibling
+    return sibling
+
+
+def dispose(engine: Engine) -> None:
+    """Close an engine's pool and its autocommit sibling's, if it has one."""
+    sibling = _autocommit_siblings.pop(engine, None)
+    if sibling is not None:
+        sibling.dispose()
+    engine.dispose()
+
+
 class Database(DependencyProvider):
     """Injects a SQLAlchemy ``Session`` per worker, closed when the worker ends.
 
@@ -121,7 +153,7 @@ class Database(DependencyProvider):
 
     def stop(self):
         if self.engine is not None:
-            self.engine.dispose()
+            dispose(self.engine)
 
     def kill(self):
         self.stop()

@@ -174,6 +174,8 @@ def users_session(users_db_url):
 @pytest.fixture
 def messages_db(messages_db_url):
     """(engine, sessionmaker) of an empty messages database."""
+    from kernel.db import dispose
+
     engine, make_session = _session(messages_db_url)
     yield engine, make_session
-    engine.dispose()
+    dispose(engine)

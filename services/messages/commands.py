@@ -6,6 +6,7 @@ from typing import Callable
 
 from sqlalchemy.orm import Session
 
+from kernel.db import autocommit_engine_for
 from kernel.errors import RecipientNotFound, ValidationFailed
 from kernel.events import InboxRead, MessageSent
 from services.messages import inbox, log
@@ -34,7 +35,7 @@ def _commit_event(session: Session, event):
     engine = session.get_bind()
     if engine.dialect.name == "postgresql":
         sql, params = inbox.apply_sql(event)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        with autocommit_engine_for(engine).connect() as connection:
             return log.append_in_one_statement(connection, event, sql, params)
     # SQLite (embedded): one connection, BEGIN IMMEDIATE; the plain transaction is as good.
     try:
