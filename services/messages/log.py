@@ -6,6 +6,7 @@ import json
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session
 
+from kernel.clock import as_utc
 from kernel.events import Event
 from services.messages.models import Counter, LoggedEvent
 
@@ -76,26 +77,35 @@ def append_in_one_statement(connection, event: Event, projection_sql: str, proje
     return event.with_position(position)
 
 
-def to_event(row: LoggedEvent) -> Event:
-    return Event.from_dict(
+_LOG = LoggedEvent.__table__
+
+
+def read_payloads_after(session: Session, position: int, limit: int = FEED_BATCH_MAX) -> list[dict]:
+    """Like ``read_after``, as the dicts ``Event.to_dict`` makes, straight from the rows
+    (a Core query: the relay and the feed read every event, so this path stays lean)."""
+    limit = max(1, min(int(limit), FEED_BATCH_MAX))
+    rows = session.execute(
+        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)
+        .where(_LOG.c.position > position)
+        .order_by(_LOG.c.position)
+        .limit(limit)
+    )
+    return [
         {
             "event_type": row.event_type,
             "version": row.version,
             "event_id": row.event_id,
             "position": row.position,
-            "occurred_at": row.occurred_at.isoformat(),
+            "occurred_at": as_utc(row.occurred_at).isoformat(),
             "data": json.loads(row.data),
         }
-    )
+        for row in rows
+    ]
 
 
 def read_after(session: Session, position: int, limit: int = FEED_BATCH_MAX) -> list[Event]:
     """Events with position > ``position``, oldest first, at most ``limit`` (capped at 1000)."""
-    limit = max(1, min(int(limit), FEED_BATCH_MAX))
-    rows = session.scalars(
-        select(LoggedEvent).where(LoggedEvent.position > position).order_by(LoggedEvent.position).limit(limit)
-    )
-    return [to_event(row) for row in rows]
+    return [Event.from_dict(payload) for payload in read_payloads_after(session, position, limit)]
 
 
 def head(session: Session) -> int:

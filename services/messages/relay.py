@@ -18,7 +18,7 @@ from typing import Callable
 import eventlet
 from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kernel.events import Event
 from services.messages import log
@@ -52,21 +52,25 @@ class OutboxRelay:
         """
         session = self.make_session()
         try:
-            query = select(Counter).where(Counter.name == "published")
+            query = select(Counter.position).where(Counter.name == "published")
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            counter = session.scalar(query)
-            if counter is None:  # another relay holds it
+            published = session.scalar(query)
+            if published is None:  # another relay holds it
                 session.rollback()
                 return 0
-            events = log.read_after(session, counter.position, RELAY_BATCH)
-            for event in events:
-                self.publisher.publish(event)
+            payloads = log.read_payloads_after(session, published, RELAY_BATCH)
+            if not payloads:
+                session.rollback()
+                return 0
+            for payload in payloads:
+                self.publisher.publish(payload)
             self.publisher.flush()
-            if events:
-                counter.position = events[-1].position
+            session.execute(
+                update(Counter).where(Counter.name == "published").values(position=payloads[-1]["position"])
+            )
             session.commit()
-            return len(events)
+            return len(payloads)
         finally:
             session.close()
 
@@ -102,10 +106,11 @@ class OutboxRelay:
 
 
 class Publisher:
-    """What the relay needs of a broker: ``publish`` events in order, then ``flush``,
-    which returns once the broker has accepted all of them or raises."""
+    """What the relay needs of a broker: ``publish`` events (as ``Event.to_dict``
+    payloads) in order, then ``flush``, which returns once the broker has accepted all of
+    them or raises."""
 
-    def publish(self, event: Event) -> None:
+    def publish(self, payload: dict) -> None:
         raise NotImplementedError
 
     def flush(self) -> None:
@@ -131,8 +136,8 @@ class NamekoEventPublisher(Publisher):
         serializer, _ = serialization.setup(config)
         self.publisher = AmqpPublisher(config["AMQP_URI"], serializer=serializer, declare=[self.exchange])
 
-    def publish(self, event: Event) -> None:
-        self.publisher.publish(event.to_dict(), exchange=self.exchange, routing_key=event.event_type())
+    def publish(self, payload: dict) -> None:
+        self.publisher.publish(payload, exchange=self.exchange, routing_key=payload["event_type"])
 
     def flush(self) -> None:
         pass
@@ -195,11 +200,11 @@ class ConfirmedBatchPublisher(Publisher):
                 pass
         self.connection = None
 
-    def publish(self, event: Event) -> None:
+    def publish(self, payload: dict) -> None:
         try:
             if self.connection is None:
                 self._open()
-            self.producer.publish(event.to_dict(), routing_key=event.event_type(), delivery_mode=2, retry=False)
+            self.producer.publish(payload, routing_key=payload["event_type"], delivery_mode=2, retry=False)
             self.sent += 1
         except BaseException:
             self._reset()

@@ -54,7 +54,7 @@ class MessagesService:
         """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise ValidationFailed("position must be a whole number, 0 or more.")
-        return [event.to_dict() for event in log.read_after(self.db, position, limit)]
+        return log.read_payloads_after(self.db, position, limit)
 
     @rpc
     def head(self):

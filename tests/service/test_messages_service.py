@@ -90,7 +90,7 @@ def wait_for_received(count, timeout=10):
     return RECEIVED
 
 
-def test_events_reach_listeners_in_log_order(running, config):
+def test_events_reach_listeners_once_each_and_in_log_order_per_type(running, config):
     with ClusterRpcProxy(config, timeout=10) as rpc:
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
         john = rpc.users.register("john", "john@example.com", PASSWORD)
@@ -99,9 +99,13 @@ def test_events_reach_listeners_in_log_order(running, config):
         rpc.messages.mark_inbox_read(john["id"])
         assert rpc.messages.unread_count(john["id"]) == 0
         received = wait_for_received(11)
-    assert [e.position for e in received] == list(range(1, 12))
-    assert [e.event_type() for e in received] == ["MessageSent"] * 10 + ["InboxRead"]
-    assert [e.body for e in received[:10]] == [f"m{i}" for i in range(10)]
+    # nameko gives each handler its own queue, so the broker keeps order within an event
+    # type, not across types: a consumer restores log order by position (and the feed).
+    assert sorted(e.position for e in received) == list(range(1, 12))
+    sent = [e for e in received if e.event_type() == "MessageSent"]
+    assert [e.position for e in sent] == list(range(1, 11))
+    assert [e.body for e in sent] == [f"m{i}" for i in range(10)]
+    assert [(e.event_type(), e.position) for e in received if e.event_type() == "InboxRead"] == [("InboxRead", 11)]
 
 
 def test_sends_succeed_while_publishing_fails_and_events_follow_on_recovery(running, config):

@@ -3,6 +3,7 @@ import eventlet
 import pytest
 from sqlalchemy import select
 
+from kernel.events import Event
 from services.messages.models import Counter
 from services.messages.relay import OutboxRelay
 from tests.unit.test_messages_log import read, send
@@ -21,11 +22,11 @@ class FlakyBroker:
         self.fail_on = set()
         self.calls = 0
 
-    def publish(self, event):
+    def publish(self, payload):
         self.calls += 1
         if self.down or self.calls in self.fail_on:
             raise ConnectionError("broker unreachable")
-        self.published.append(event.position)
+        self.published.append(Event.from_dict(payload).position)
 
     def flush(self):
         if self.down:
