@@ -26,7 +26,7 @@ from kernel.rpc_pool import RpcPool  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sends", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--instances", type=int, default=1, help="messages service processes (scale-out)")
     args = parser.parse_args()
 

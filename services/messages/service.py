@@ -1,7 +1,8 @@
 """The messages nameko service: RPC entry points only; the work is in commands, inbox, log."""
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import RpcProxy
 
 from kernel.db import Database
+from kernel.rpc import rpc
 from kernel.errors import ValidationFailed
 from services.messages import commands, inbox, log
 from services.messages.relay import Outbox

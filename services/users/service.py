@@ -1,9 +1,9 @@
 """The users nameko service: RPC entry points only; the rules live in ``accounts``."""
 from eventlet import tpool
-from nameko.rpc import rpc
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.db import Database
+from kernel.rpc import rpc
 from services.users import accounts
 
 

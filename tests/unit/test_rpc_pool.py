@@ -87,3 +87,16 @@ def test_a_stopped_pool_refuses_work(config):
     pool.stop()
     with pytest.raises(ServiceUnavailable):
         pool.slow.wait(0)
+
+
+def test_replies_are_published_without_waiting_for_a_confirm():
+    from kernel.rpc import Responder, Rpc, RpcConsumer
+
+    assert Responder.publisher_cls.use_confirms is False
+    assert isinstance(Rpc.rpc_consumer, RpcConsumer)
+    from services.messages.service import MessagesService
+    from services.users.service import UsersService
+
+    for service in (UsersService, MessagesService):
+        entrypoints = [e for method in vars(service).values() for e in getattr(method, "nameko_entrypoints", ())]
+        assert entrypoints and all(type(e) is Rpc for e in entrypoints), service.name
