@@ -80,9 +80,10 @@ def append_in_one_statement(connection, event: Event, projection_sql: str, proje
 _LOG = LoggedEvent.__table__
 
 
-def read_payloads_after(session: Session, position: int, limit: int = FEED_BATCH_MAX) -> list[dict]:
+def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX) -> list[dict]:
     """Like ``read_after``, as the dicts ``Event.to_dict`` makes, straight from the rows
-    (a Core query: the relay and the feed read every event, so this path stays lean)."""
+    (a Core query: the relay and the feed read every event, so this path stays lean).
+    ``position`` may also be a scalar subquery (the relay's locked counter)."""
     limit = max(1, min(int(limit), FEED_BATCH_MAX))
     rows = session.execute(
         select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)

@@ -52,14 +52,12 @@ class OutboxRelay:
         """
         session = self.make_session()
         try:
-            query = select(Counter.position).where(Counter.name == "published")
+            # One round trip locks the ``published`` row and reads what follows it. If
+            # another relay holds the row, the subquery is NULL and nothing is read.
+            published = select(Counter.position).where(Counter.name == "published")
             if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            published = session.scalar(query)
-            if published is None:  # another relay holds it
-                session.rollback()
-                return 0
-            payloads = log.read_payloads_after(session, published, RELAY_BATCH)
+                published = published.with_for_update(skip_locked=True)
+            payloads = log.read_payloads_after(session, published.scalar_subquery(), RELAY_BATCH)
             if not payloads:
                 session.rollback()
                 return 0

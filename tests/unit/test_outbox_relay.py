@@ -114,3 +114,37 @@ def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages
     finally:
         relay.stop()
         runner.wait()
+
+
+def test_two_relays_on_one_log_publish_each_event_once_in_order(messages_db):
+    """Two instances of the messages service: one relay publishes at a time (PostgreSQL:
+    the ``published`` row is locked, SKIP LOCKED; SQLite: one writer), never both."""
+    _, make_session = messages_db
+    published = []
+
+    class SlowBroker:
+        def publish(self, payload):
+            eventlet.sleep(0.001)  # let the other relay run meanwhile
+            published.append(Event.from_dict(payload).position)
+
+        def flush(self):
+            eventlet.sleep(0.002)
+
+    relays = [OutboxRelay(make_session, SlowBroker()) for _ in range(2)]
+    total = 60
+
+    def sender():
+        for i in range(total):
+            send(make_session, 1, 2, f"m{i}")
+            eventlet.sleep(0)
+
+    def relaying(relay):
+        with eventlet.Timeout(30):
+            while len(published) < total:
+                relay.relay_pending()
+                eventlet.sleep(0.001)
+
+    workers = [eventlet.spawn(sender)] + [eventlet.spawn(relaying, relay) for relay in relays]
+    for worker in workers:
+        worker.wait()
+    assert published == list(range(1, total + 1))
