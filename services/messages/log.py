@@ -1,6 +1,7 @@
 """The event log: append (serialised, gap-free) and read by position."""
 from __future__ import annotations
 
+import functools
 import json
 
 from sqlalchemy import insert, select, text, update
@@ -61,10 +62,17 @@ SELECT position FROM logged
 """
 
 
+@functools.lru_cache(maxsize=16)
+def _append_statement(projection_sql: str):
+    # Built once per event type: text() parses its string, and the same object hits
+    # SQLAlchemy's compiled-statement cache every time.
+    return text(_APPEND_CTE.format(projection=projection_sql))
+
+
 def append_in_one_statement(connection, event: Event, projection_sql: str, projection_params: dict) -> Event:
     """Append ``event`` and run ``projection_sql`` (an INSERT that reads the new position
     from the CTE ``logged``) atomically. ``connection`` must be in autocommit mode."""
-    statement = text(_APPEND_CTE.format(projection=projection_sql))
+    statement = _append_statement(projection_sql)
     params = {
         "event_id": str(event.event_id),
         "event_type": event.event_type(),
