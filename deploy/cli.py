@@ -13,7 +13,7 @@ import click
 # notice would bury the one line a person needs to see (the URL).
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
-SERVICE_NAMES = ("users", "messages")
+SERVICE_NAMES = ("users", "messages", "notifications")
 DEPLOYABLES = SERVICE_NAMES + ("gateway",)
 
 

@@ -15,7 +15,7 @@ EMBEDDED_AMQP_URI = "embedded://"
 
 
 def embedded_config(data_dir: Path) -> dict:
-    config = {"AMQP_URI": EMBEDDED_AMQP_URI, "DB_POOL_SIZE": 1, "max_workers": 10}
+    config = {"AMQP_URI": EMBEDDED_AMQP_URI, "DB_POOL_SIZE": 1, "max_workers": 10, "FEED_CHECK_INTERVAL": 3.0}
     for spec in SERVICES.values():
         config[spec.database_key] = f"sqlite:///{data_dir / (spec.name + '.db')}"
     return config

@@ -41,6 +41,13 @@ SERVICES: dict[str, ServiceSpec] = {
             migrations=_ROOT / "messages" / "migrations",
             database_key="MESSAGES_DATABASE_URL",
         ),
+        ServiceSpec(
+            name="notifications",
+            service_path="services.notifications.service:NotificationsService",
+            settings_module="services.notifications.settings",
+            migrations=_ROOT / "notifications" / "migrations",
+            database_key="NOTIFICATIONS_DATABASE_URL",
+        ),
     )
 }
 

@@ -18,6 +18,26 @@ def select_locale():
     return request.accept_languages.best_match(current_app.config["LANGUAGES"]) or "en"
 
 
+def navbar_context() -> dict:
+    """The unread badge's first value, from the notifications projection, on every page.
+
+    A page must not fail because the badge cannot be drawn: if the notifications service
+    does not answer, the badge starts hidden and the page's polling fills it in later.
+    """
+    from flask import current_app
+    from flask_login import current_user
+
+    from kernel.rpc_pool import ServiceUnavailable
+
+    count = 0
+    if current_user.is_authenticated:
+        try:
+            count = current_app.extensions["rpc"].notifications.unread_message_count(current_user.id)
+        except ServiceUnavailable:
+            current_app.logger.warning("notifications service unavailable; badge starts hidden")
+    return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000)}
+
+
 def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = None) -> Flask:
     """Build the app. Nothing connects here: the RPC pool starts proxies on first use."""
     settings = settings or GatewaySettings.from_env()
@@ -56,6 +76,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
 
     app.jinja_env.globals.update(current_locale=get_locale, format_datetime=format_datetime)
     errors.register(app)
+    app.context_processor(navbar_context)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
     return app

@@ -109,6 +109,11 @@ def messages_pg_url(postgres):
     return _migrated_pg_url(postgres, "messages")
 
 
+@pytest.fixture(scope="session")
+def notifications_pg_url(postgres):
+    return _migrated_pg_url(postgres, "notifications")
+
+
 def empty_tables(url: str) -> None:
     """Delete every row of every table but Alembic's, and restart id sequences."""
     from sqlalchemy import inspect, text
@@ -126,6 +131,8 @@ def empty_tables(url: str) -> None:
                 connection.execute(text(f"DELETE FROM {table}"))
         if "counters" in tables:  # the messages log's named positions start again at 0
             connection.execute(text("INSERT INTO counters (name, position) VALUES ('log_head', 0), ('published', 0)"))
+        if "tracking" in tables:
+            connection.execute(text("INSERT INTO tracking (projection, position) VALUES ('notifications', 0)"))
     engine.dispose()
 
 
@@ -160,6 +167,11 @@ def users_db_url(request, tmp_path):
 @pytest.fixture(params=["sqlite", "postgres"])
 def messages_db_url(request, tmp_path):
     return _service_db_url(request, tmp_path, "messages")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def notifications_db_url(request, tmp_path):
+    return _service_db_url(request, tmp_path, "notifications")
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Routes of the main blueprint."""
 from datetime import datetime, timedelta
 
-from flask import abort, flash, redirect, render_template, request, url_for
+import math
+
+from flask import abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import _
 from flask_login import current_user, login_required
 
@@ -107,3 +109,24 @@ def messages():
     return render_template(
         "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url
     )
+
+
+@bp.route("/notifications")
+def notifications():
+    """The tutorial's polling endpoint: JSON [{name, data, timestamp}] newer than ``since``.
+
+    Anonymous callers get 401 JSON (not a redirect: a script is asking). ``since`` is a
+    Unix time; absent means 0; anything else that is not a finite number 0 or more
+    (``abc``, ``nan``, ``inf``, empty) is a 400 with a JSON error, never silently 0,
+    because a client sending it has a bug worth seeing.
+    """
+    if not current_user.is_authenticated:
+        return jsonify(error=_("Please log in to access this page.")), 401
+    raw = request.args.get("since", "0")
+    try:
+        since = float(raw)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since) or since < 0:
+        return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
+    return jsonify(services().notifications.notifications_since(current_user.id, since))

@@ -14,7 +14,19 @@ class RunningSystem:
         self.database_urls = database_urls
         self.stop = stop
 
+    def settle(self, timeout=10):
+        """Wait until every committed event has reached the notifications projection, so
+        nothing from the previous test lands after the databases are emptied."""
+        import eventlet
+
+        with self.app.app_context(), eventlet.Timeout(timeout):
+            from gateway.rpc import services
+
+            while services().notifications.position() != services().messages.head():
+                eventlet.sleep(0.02)
+
     def reset(self):
+        self.settle()
         for url in self.database_urls:
             empty_tables(url)
 

@@ -1,0 +1,87 @@
+"""Keeps the projection current: applies events from the broker exactly once in effect,
+and fills any gap from the messages feed.
+
+The broker is the fast wake-up; the feed is what makes it correct. Every change commits
+with the tracking row (the last applied position), under that row's lock:
+
+* an event at or below the tracked position is a duplicate: acknowledged, no effect;
+* the next expected event is applied;
+* an event past the next expected one means some were lost or are late: the missing run
+  is read from the feed and applied in order first;
+* two consumers take turns on the tracking row, so each event is applied by one of them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from kernel.events import Event
+from services.notifications import store
+
+logger = logging.getLogger(__name__)
+
+FEED_BATCH = 1000
+
+Feed = Callable[[int, int], list[dict]]  # (after position, limit) -> event payloads
+
+
+class Projector:
+    def __init__(self, make_session: Callable, feed: Feed):
+        self.make_session = make_session
+        self.feed = feed
+
+    def _read_feed(self, after: int, up_to: int | None = None) -> list[Event]:
+        events: list[Event] = []
+        position = after
+        while up_to is None or position < up_to:
+            batch = [Event.from_dict(p) for p in self.feed(position, FEED_BATCH)]
+            if not batch:
+                break
+            events.extend(batch)
+            position = batch[-1].position
+            if up_to is None:
+                break  # one batch at a time when catching up to the head
+        return [e for e in events if up_to is None or e.position <= up_to]
+
+    def handle(self, event: Event) -> int:
+        """Apply ``event`` (and whatever precedes it that is missing); returns how many
+        events were applied (0 for a duplicate)."""
+        session = self.make_session()
+        try:
+            tracked = store.tracked_position(session, lock=True)
+            if event.position <= tracked:
+                session.rollback()
+                return 0
+            if event.position == tracked + 1:
+                events = [event]
+            else:
+                logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
+                events = self._read_feed(tracked, up_to=event.position)
+            new_position = store.apply_events(session, events, tracked)
+            session.commit()
+            return new_position - tracked
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def catch_up(self) -> int:
+        """Apply everything the feed has past the tracked position; returns how many."""
+        applied = 0
+        while True:
+            session = self.make_session()
+            try:
+                tracked = store.tracked_position(session, lock=True)
+                events = self._read_feed(tracked)
+                if not events:
+                    session.rollback()
+                    return applied
+                new_position = store.apply_events(session, events, tracked)
+                session.commit()
+                applied += new_position - tracked
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
