@@ -1,0 +1,201 @@
+"""The notifications projection: the pure apply step, then the store and projector on
+SQLite and PostgreSQL under duplicated, reordered and lost deliveries."""
+from datetime import datetime, timedelta, timezone
+
+import eventlet
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from kernel.events import InboxRead, MessageSent
+from services.notifications import store
+from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold
+from services.notifications.projector import Projector
+
+USERS = [1, 2, 3]
+START = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+
+
+def make_log(spec, clock_steps=None):
+    """Events at positions 1..n from (kind, user) pairs; times may go backwards (skew)."""
+    events = []
+    moment = START
+    for position, (kind, user, other) in enumerate(spec, start=1):
+        if clock_steps:
+            moment = moment + timedelta(milliseconds=clock_steps[(position - 1) % len(clock_steps)])
+        if kind == "sent":
+            events.append(MessageSent(sender_id=other, recipient_id=user, body="x", position=position, occurred_at=moment))
+        else:
+            events.append(InboxRead(user_id=user, position=position, occurred_at=moment))
+    return events
+
+
+def unread_by_definition(events, user):
+    """MessageSent to the user after their latest InboxRead, in log order."""
+    last_read = max((e.position for e in events if isinstance(e, InboxRead) and e.user_id == user), default=0)
+    return sum(1 for e in events if isinstance(e, MessageSent) and e.recipient_id == user and e.position > last_read)
+
+
+event_specs = st.lists(
+    st.tuples(st.sampled_from(["sent", "read"]), st.sampled_from(USERS), st.sampled_from(USERS)), max_size=60
+)
+clock = st.lists(st.integers(min_value=-50, max_value=50), min_size=1, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_specs, clock)
+def test_any_sequence_gives_the_count_by_definition(spec, steps):
+    events = make_log(spec, steps)
+    rows = fold(events)
+    for user in USERS:
+        row = rows.get((user, UNREAD_MESSAGE_COUNT))
+        assert (row.data if row else 0) == unread_by_definition(events, user)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_specs, clock)
+def test_a_users_timestamps_strictly_increase_even_when_clocks_go_backwards(spec, steps):
+    rows, seen = {}, {}
+    for event in make_log(spec, steps):
+        for key, row in apply(rows, event).items():
+            assert row.timestamp > seen.get(key, float("-inf"))
+            seen[key] = row.timestamp
+            rows[key] = row
+
+
+def test_apply_is_pure():
+    rows = {}
+    event = MessageSent(sender_id=2, recipient_id=1, body="x", position=1, occurred_at=START)
+    first = apply(rows, event)
+    assert rows == {} and first == apply(rows, event)
+    assert first[(1, UNREAD_MESSAGE_COUNT)].data == 1
+    assert apply(first, InboxRead(user_id=1, position=2, occurred_at=START))[(1, UNREAD_MESSAGE_COUNT)].data == 0
+    assert apply({}, InboxRead(user_id=1, position=2, occurred_at=START)) == {}  # nothing to tell
+
+
+# --- the store and projector, on a real database ------------------------------------
+
+class Log:
+    """An in-memory messages feed."""
+
+    def __init__(self, events):
+        self.events = events
+        self.fail = False
+
+    def feed(self, after, limit):
+        if self.fail:
+            raise ConnectionError("messages service unreachable")
+        return [e.to_dict() for e in self.events if e.position > after][:limit]
+
+
+@pytest.fixture
+def notifications_db(notifications_db_url):
+    from sqlalchemy.orm import sessionmaker
+
+    from kernel.db import create_db_engine, dispose
+
+    engine = create_db_engine(notifications_db_url, pool_size=4)
+    yield sessionmaker(engine, expire_on_commit=False)
+    dispose(engine)
+
+
+def live_rows(make_session):
+    session = make_session()
+    try:
+        return store.all_rows(session), store.tracked_position(session)
+    finally:
+        session.close()
+
+
+SPEC = [("sent", 1, 2), ("sent", 1, 3), ("sent", 2, 1), ("read", 1, 1), ("sent", 1, 2), ("read", 2, 2),
+        ("sent", 3, 1), ("sent", 3, 2), ("read", 3, 3), ("sent", 2, 3), ("sent", 2, 1), ("sent", 1, 3)]
+
+
+def test_in_order_delivery_gives_the_replay(notifications_db):
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        assert projector.handle(event) == 1
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def test_duplicates_change_nothing(notifications_db):
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        projector.handle(event)
+        assert projector.handle(event) == 0
+    assert projector.handle(log.events[0]) == 0
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def test_out_of_order_delivery_fills_the_gap_from_the_feed(notifications_db):
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    events = list(log.events)
+    events[2], events[5] = events[5], events[2]  # position 6 arrives third
+    applied = [projector.handle(event) for event in events]
+    assert applied[2] == 4  # 3, 4, 5 and 6 from the feed
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def test_events_lost_between_broker_and_consumer_are_recovered(notifications_db):
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        if event.position in (3, 4, 12):  # lost, including the very last one
+            continue
+        projector.handle(event)
+    rows, position = live_rows(notifications_db)
+    assert position == 11  # 3 and 4 were filled in when 5 arrived; 12 is still missing
+    assert projector.catch_up() == 1  # the periodic look at the feed's head finds it
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def test_a_consumer_killed_mid_stream_resumes_where_it_committed(notifications_db):
+    log = Log(make_log(SPEC))
+    first = Projector(notifications_db, log.feed)
+    for event in log.events[:5]:
+        first.handle(event)
+    log.fail = True  # the gap fill fails: the transaction rolls back, nothing half-applied
+    with pytest.raises(ConnectionError):
+        first.handle(log.events[8])
+    assert live_rows(notifications_db)[1] == 5
+    log.fail = False
+    restarted = Projector(notifications_db, log.feed)  # a new process, same database
+    for event in log.events[5:]:
+        restarted.handle(event)
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def test_two_consumers_at_once_apply_each_event_once(notifications_db):
+    spec = [("sent" if i % 4 else "read", 1 + i % 3, 1 + (i * 7) % 3) for i in range(80)]
+    log = Log(make_log(spec))
+    consumers = [Projector(notifications_db, log.feed), Projector(notifications_db, log.feed)]
+
+    def deliver(consumer, events):
+        for event in events:
+            consumer.handle(event)
+            eventlet.sleep(0)
+
+    # The broker spreads events over both; some reach both (redelivery), some reach neither.
+    even = [e for e in log.events if e.position % 2 == 0 or e.position % 5 == 0]
+    odd = [e for e in log.events if e.position % 2 == 1 and e.position != 79]
+    workers = [eventlet.spawn(deliver, consumers[0], even), eventlet.spawn(deliver, consumers[1], odd)]
+    for worker in workers:
+        worker.wait()
+    consumers[0].catch_up()
+    assert live_rows(notifications_db) == (fold(log.events), len(spec))
+
+
+def test_since_returns_newer_rows_oldest_first(notifications_db):
+    log = Log(make_log([("sent", 1, 2), ("sent", 2, 1), ("sent", 1, 3)], clock_steps=[10]))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        projector.handle(event)
+    session = notifications_db()
+    everything = store.since(session, 1, 0.0)
+    assert [(n["name"], n["data"]) for n in everything] == [(UNREAD_MESSAGE_COUNT, 2)]
+    assert store.since(session, 1, everything[-1]["timestamp"]) == []
+    assert store.since(session, 2, 0.0)[0]["data"] == 1
+    assert store.since(session, 99, 0.0) == []
+    session.close()
