@@ -43,20 +43,12 @@ class Projector:
                 break  # one batch at a time when catching up to the head
         return [e for e in events if up_to is None or e.position <= up_to]
 
-    def handle(self, event: Event) -> int:
-        """Apply ``event`` (and whatever precedes it that is missing); returns how many
-        events were applied (0 for a duplicate)."""
+    def _apply(self, events: list[Event]) -> int:
+        """Apply ``events`` (a contiguous run read from the broker or the feed) under the
+        tracking row's lock; those another consumer applied meanwhile are skipped."""
         session = self.make_session()
         try:
             tracked = store.tracked_position(session, lock=True)
-            if event.position <= tracked:
-                session.rollback()
-                return 0
-            if event.position == tracked + 1:
-                events = [event]
-            else:
-                logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
-                events = self._read_feed(tracked, up_to=event.position)
             new_position = store.apply_events(session, events, tracked)
             session.commit()
             return new_position - tracked
@@ -66,22 +58,35 @@ class Projector:
         finally:
             session.close()
 
+    def _tracked(self) -> int:
+        session = self.make_session()
+        try:
+            return store.tracked_position(session)
+        finally:
+            session.close()
+
+    def handle(self, event: Event) -> int:
+        """Apply ``event`` (and whatever precedes it that is missing); returns how many
+        events were applied (0 for a duplicate).
+
+        The feed is read before the transaction, so no database lock (or SQLite's one
+        connection) is held while waiting for the messages service.
+        """
+        tracked = self._tracked()
+        if event.position <= tracked:
+            return 0
+        if event.position == tracked + 1:
+            events = [event]
+        else:
+            logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
+            events = self._read_feed(tracked, up_to=event.position)
+        return self._apply(events)
+
     def catch_up(self) -> int:
         """Apply everything the feed has past the tracked position; returns how many."""
         applied = 0
         while True:
-            session = self.make_session()
-            try:
-                tracked = store.tracked_position(session, lock=True)
-                events = self._read_feed(tracked)
-                if not events:
-                    session.rollback()
-                    return applied
-                new_position = store.apply_events(session, events, tracked)
-                session.commit()
-                applied += new_position - tracked
-            except BaseException:
-                session.rollback()
-                raise
-            finally:
-                session.close()
+            events = self._read_feed(self._tracked())
+            if not events:
+                return applied
+            applied += self._apply(events)
