@@ -132,9 +132,13 @@ def migrate(name):
 
 
 @main.command()
-@click.argument("name", type=click.Choice(["messages"]))
+@click.argument("name", type=click.Choice(["messages", "notifications"]))
 def replay(name):
-    """Rebuild a read model from the event log (MESSAGES_DATABASE_URL)."""
+    """Rebuild a read model: messages' inbox from its log (MESSAGES_DATABASE_URL), or the
+    notifications projection from the messages feed (AMQP_URI, NOTIFICATIONS_DATABASE_URL)."""
+    if name == "notifications":
+        _replay_notifications()
+        return
     from sqlalchemy.orm import sessionmaker
 
     from deploy.registry import SERVICES
@@ -158,6 +162,76 @@ def replay(name):
     finally:
         session.close()
         engine.dispose()
+
+
+def _notifications_tools():
+    """(make_session, rpc proxy, closer) for commands that work on the projection."""
+    import eventlet
+
+    eventlet.monkey_patch()
+    from nameko.standalone.rpc import ClusterRpcProxy
+    from sqlalchemy.orm import sessionmaker
+
+    from deploy.registry import SERVICES
+    from kernel.db import create_db_engine, dispose
+
+    config = SERVICES["notifications"].nameko_config()
+    engine = create_db_engine(config["NOTIFICATIONS_DATABASE_URL"], pool_size=2)
+    proxy = ClusterRpcProxy({"AMQP_URI": config["AMQP_URI"]}, timeout=60)
+    rpc = proxy.start()
+
+    def close():
+        proxy.stop()
+        dispose(engine)
+
+    return sessionmaker(engine, expire_on_commit=False), rpc, close
+
+
+def _replay_notifications():
+    from services.notifications.replay import rebuild
+
+    make_session, rpc, close = _notifications_tools()
+    try:
+        head = rpc.messages.head()
+        with click.progressbar(length=head, label=f"Replaying {head} events into notifications_rebuild") as bar:
+            done = [0]
+
+            def progress(position):
+                bar.update(min(position, head) - done[0])
+                done[0] = min(position, head)
+
+            position = rebuild(make_session, rpc.messages.events_after, progress)
+        click.echo(f"notifications: projection rebuilt from the feed up to position {position} and swapped in")
+    finally:
+        close()
+
+
+@main.command()
+@click.option("--wait", default=10.0, show_default=True, help="Seconds to let the projection catch up with the log first.")
+def verify(wait):
+    """Compare the live notifications projection with a fresh replay of the messages feed
+    and with the messages service's own unread counts; exit 1 on any difference."""
+    import time
+
+    from services.notifications.replay import differences
+
+    make_session, rpc, close = _notifications_tools()
+    try:
+        deadline = time.monotonic() + wait
+        while rpc.notifications.position() < rpc.messages.head() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        position, head = rpc.notifications.position(), rpc.messages.head()
+        problems = differences(make_session, rpc.messages.events_after, rpc.messages.unread_counts)
+        if position < head:
+            problems.insert(0, f"the projection is at position {position}, the log at {head}")
+    finally:
+        close()
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        click.echo(f"verify: {len(problems)} difference(s)", err=True)
+        sys.exit(1)
+    click.echo(f"verify: the projection matches a fresh replay and the messages service (position {position})")
 
 
 def _redact(uri: str) -> str:

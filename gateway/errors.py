@@ -4,6 +4,7 @@ from flask_babel import _
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from kernel.errors import DependencyUnavailable
 from kernel.rpc_pool import ServiceUnavailable
 
 
@@ -15,6 +16,7 @@ def register(app):
             reason=_("The form was missing its security token or the token has expired. Please try again."),
         ), 400
 
+    @app.errorhandler(DependencyUnavailable)
     @app.errorhandler(ServiceUnavailable)
     def service_unavailable(error):
         app.logger.warning("service unavailable: %s", error)

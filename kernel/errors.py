@@ -56,3 +56,8 @@ class UserNotFound(ServiceError):
 @deserialize_to_instance
 class RecipientNotFound(UserNotFound):
     """A message was addressed to a user who does not exist."""
+
+
+@deserialize_to_instance
+class DependencyUnavailable(ServiceError):
+    """A service could not reach another service it needs (it did not answer in time)."""

@@ -81,6 +81,11 @@ def unread_count(session: Session, user_id: int) -> int:
     )
 
 
+def unread_counts(session: Session, user_ids) -> dict[str, int]:
+    """``unread_count`` of many users (keys are ids as strings: JSON keys are strings)."""
+    return {str(user_id): unread_count(session, user_id) for user_id in user_ids}
+
+
 def page_of(session: Session, user_id: int, page: int, per_page: int = PER_PAGE) -> dict:
     """One page of received messages, newest first. Page numbers start at 1."""
     total = session.scalar(select(func.count()).select_from(InboxMessage).where(InboxMessage.recipient_id == user_id))

@@ -1,6 +1,7 @@
 """The messages nameko service: RPC entry points only; the work is in commands, inbox, log."""
 from nameko.rpc import RpcProxy
 
+from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.rpc import rpc
 from kernel.errors import ValidationFailed
@@ -23,7 +24,7 @@ class MessagesService:
         # process) and later sends to them skip the round trip to the users service.
         if user_id in KNOWN_USERS:
             return True
-        exists = str(user_id) in self.users.get_users([user_id])
+        exists = str(user_id) in call_with_timeout(self.users.get_users, [user_id])
         if exists:
             KNOWN_USERS.add(user_id)
         return exists
@@ -49,6 +50,11 @@ class MessagesService:
     @rpc
     def unread_count(self, user_id):
         return inbox.unread_count(self.db, user_id)
+
+    @rpc
+    def unread_counts(self, user_ids):
+        ids = [i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)] if isinstance(user_ids, list) else []
+        return inbox.unread_counts(self.db, ids)
 
     @rpc
     def events_after(self, position, limit=log.FEED_BATCH_MAX):

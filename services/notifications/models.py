@@ -1,5 +1,5 @@
 """The notifications service's tables: the projection's rows and its tracking row."""
-from sqlalchemy import BigInteger, Float, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PROJECTION = "notifications"
@@ -35,6 +35,14 @@ class Tracking(Base):
     position: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), nullable=False)
 
 
-def notifications_table_named(name: str) -> Table:
-    """A table shaped like ``notifications`` under another name (the replay builds one)."""
-    return Notification.__table__.to_metadata(Base.metadata.__class__(), name=name)
+# Where a replay builds the projection beside the live table before swapping it in. Not
+# part of the schema proper (no index: only the replay writes it, only the swap reads it).
+REBUILD = "notifications_rebuild"
+rebuild_table = Table(
+    REBUILD,
+    MetaData(),
+    Column("user_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(128), primary_key=True),
+    Column("payload_json", Text, nullable=False),
+    Column("timestamp", Float(precision=53), nullable=False),
+)

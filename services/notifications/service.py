@@ -6,6 +6,7 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
 from nameko.timer import Timer
 
+from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError
@@ -44,7 +45,7 @@ class ProjectorProvider(DependencyProvider):
         service = worker_ctx.service
 
         def feed(after, limit):
-            return getattr(service, self.messages_attr).events_after(after, limit)
+            return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
         return Projector(database.make_session, feed)
 

@@ -199,3 +199,51 @@ def test_since_returns_newer_rows_oldest_first(notifications_db):
     assert store.since(session, 2, 0.0)[0]["data"] == 1
     assert store.since(session, 99, 0.0) == []
     session.close()
+
+
+def test_rebuild_swaps_in_exactly_the_replay_including_events_that_arrive_meanwhile(notifications_db):
+    from services.notifications.replay import differences, rebuild
+
+    events = make_log(SPEC * 5)
+    log = Log(events[:40])
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events[:30]:
+        projector.handle(event)
+    # damage the live rows: the rebuild must not care what they were
+    session = notifications_db()
+    session.execute(store.LIVE.update().values(payload_json="999"))
+    session.commit()
+    session.close()
+
+    seen = []
+
+    def progress(position):
+        seen.append(position)
+        if len(seen) == 1:
+            log.events = events  # the log grows while the replay runs
+
+    position = rebuild(notifications_db, log.feed, progress)
+    assert position == len(events)
+    assert live_rows(notifications_db) == (fold(events), len(events))
+    counts = {str(u): unread_by_definition(events, u) for u in USERS}
+    assert differences(notifications_db, log.feed, lambda users: counts) == []
+    # and live processing continues from the swapped-in position
+    assert projector.handle(events[-1]) == 0
+
+
+def test_verify_reports_each_kind_of_difference(notifications_db):
+    from services.notifications.replay import differences
+
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        projector.handle(event)
+    counts = {str(u): unread_by_definition(log.events, u) for u in USERS}
+    assert differences(notifications_db, log.feed, lambda users: counts) == []
+    session = notifications_db()
+    session.execute(store.LIVE.update().where(store.LIVE.c.user_id == 1).values(payload_json="7"))
+    session.commit()
+    session.close()
+    problems = differences(notifications_db, log.feed, lambda users: counts)
+    assert any("user 1 unread_message_count: live 7" in p for p in problems)
+    assert any("notifications 7, messages" in p for p in problems)

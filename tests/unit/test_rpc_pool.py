@@ -100,3 +100,15 @@ def test_replies_are_published_without_waiting_for_a_confirm():
     for service in (UsersService, MessagesService):
         entrypoints = [e for method in vars(service).values() for e in getattr(method, "nameko_entrypoints", ())]
         assert entrypoints and all(type(e) is Rpc for e in entrypoints), service.name
+
+
+def test_calls_between_services_give_up_after_their_timeout():
+    from kernel.calls import call_with_timeout
+    from kernel.errors import DependencyUnavailable
+
+    def never_answers(*args):
+        eventlet.sleep(10)
+
+    with pytest.raises(DependencyUnavailable, match="did not answer within 0.05 s"):
+        call_with_timeout(never_answers, 1, timeout=0.05)
+    assert call_with_timeout(lambda x: x + 1, 1, timeout=1) == 2
