@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 
 import math
 
-from flask import abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import abort, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _
 from flask_login import current_user, login_required
 
@@ -22,6 +22,9 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
 @bp.before_app_request
 def record_last_seen():
+    # The badge's background poll is not the person doing anything (and must stay cheap).
+    if request.endpoint == "main.notifications":
+        return
     if current_user.is_authenticated and not current_user.seen_within(LAST_SEEN_RESOLUTION):
         try:
             services().users.record_seen(current_user.id)
@@ -120,7 +123,8 @@ def notifications():
     (``abc``, ``nan``, ``inf``, empty) is a 400 with a JSON error, never silently 0,
     because a client sending it has a bug worth seeing.
     """
-    if not current_user.is_authenticated:
+    user_id = _session_user_id()
+    if user_id is None:
         return jsonify(error=_("Please log in to access this page.")), 401
     raw = request.args.get("since", "0")
     try:
@@ -129,4 +133,20 @@ def notifications():
         since = math.nan
     if not math.isfinite(since) or since < 0:
         return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
-    return jsonify(services().notifications.notifications_since(current_user.id, since))
+    return jsonify(services().notifications.notifications_since(user_id, since))
+
+
+def _session_user_id() -> int | None:
+    """The signed-in user's id for the poll, without fetching their profile.
+
+    The signed session cookie already names the user; asking the users service for the
+    whole profile on every poll (what ``current_user`` does) would double the poll's cost.
+    Without a session id (a "remember me" cookie only), Flask-Login does the full load.
+    """
+    raw = session.get("_user_id")
+    if raw is not None:
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            return None
+    return current_user.id if current_user.is_authenticated else None

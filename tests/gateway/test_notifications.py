@@ -104,3 +104,25 @@ def test_the_badge_is_on_every_page(susan_and_john):
     _wait_for_count(john, 1)
     for url in ("/index", "/user/john", "/user/susan", "/edit_profile", "/send_message/susan"):
         assert 'id="message_count"' in text(john.get(url)), url
+
+
+def test_the_poll_works_from_a_remember_me_cookie_alone(system_app):
+    from tests.helpers import login, register
+
+    browser = system_app.test_client()
+    register(browser, "mary")
+    login(browser, "mary", remember=True)
+    with browser.session_transaction() as session:
+        session.clear()  # the browser was closed: only the remember cookie is left
+    assert browser.get("/notifications").status_code == 200
+    with browser.session_transaction() as session:
+        session.clear()
+    browser.delete_cookie("remember_token")
+    assert browser.get("/notifications").status_code == 401
+
+
+def test_a_tampered_session_id_is_not_a_user(system_app):
+    browser = system_app.test_client()
+    with browser.session_transaction() as session:
+        session["_user_id"] = "not-a-number"
+    assert browser.get("/notifications").status_code == 401
