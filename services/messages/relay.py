@@ -247,7 +247,7 @@ class Outbox(DependencyProvider):
             database.make_session,
             publisher_for(config, self.container.service_name),
             poll_interval=float(config.get("OUTBOX_POLL_INTERVAL", 1.0)),
-            linger=float(config.get("OUTBOX_LINGER", 0.005)),
+            linger=float(config.get("OUTBOX_LINGER", 0.0)),
         )
         self.container.spawn_managed_thread(self.relay.run_forever, identifier="outbox_relay")
 

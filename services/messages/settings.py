@@ -10,6 +10,7 @@ def nameko_config() -> dict:
         "max_workers": env.env_int("MESSAGES_MAX_WORKERS", 10, minimum=1),
         # How often the outbox relay looks for unpublished events when nothing woke it.
         "OUTBOX_POLL_INTERVAL": env.env_float("OUTBOX_POLL_INTERVAL", 1.0, minimum=0.01),
-        # How long the relay waits after a wake-up to gather more events into one batch.
-        "OUTBOX_LINGER": env.env_float("OUTBOX_LINGER", 0.005, minimum=0.0),
+        # How long the relay waits after a wake-up to gather more events into one batch
+        # (0: publish at once; measured best for send-to-visible latency).
+        "OUTBOX_LINGER": env.env_float("OUTBOX_LINGER", 0.0, minimum=0.0),
     }

@@ -12,6 +12,7 @@ with the tracking row (the last applied position), under that row's lock:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable
 
@@ -26,9 +27,10 @@ Feed = Callable[[int, int], list[dict]]  # (after position, limit) -> event payl
 
 
 class Projector:
-    def __init__(self, make_session: Callable, feed: Feed):
+    def __init__(self, make_session: Callable, feed: Feed, turn=None):
         self.make_session = make_session
         self.feed = feed
+        self.turn = turn if turn is not None else contextlib.nullcontext()
 
     def _read_feed(self, after: int, up_to: int | None = None) -> list[Event]:
         events: list[Event] = []
@@ -43,10 +45,10 @@ class Projector:
                 break  # one batch at a time when catching up to the head
         return [e for e in events if up_to is None or e.position <= up_to]
 
-    def _apply(self, events: list[Event]) -> int:
+    def _apply(self, events: list[Event], session=None) -> int:
         """Apply ``events`` (a contiguous run read from the broker or the feed) under the
         tracking row's lock; those another consumer applied meanwhile are skipped."""
-        session = self.make_session()
+        session = session or self.make_session()
         try:
             tracked = store.tracked_position(session, lock=True)
             new_position = store.apply_events(session, events, tracked)
@@ -69,24 +71,36 @@ class Projector:
         """Apply ``event`` (and whatever precedes it that is missing); returns how many
         events were applied (0 for a duplicate).
 
-        The feed is read before the transaction, so no database lock (or SQLite's one
-        connection) is held while waiting for the messages service.
+        The common case (the next expected event) is one transaction. For a gap, the feed
+        is read outside any transaction, so no database lock (or SQLite's one connection)
+        is held while waiting for the messages service.
         """
-        tracked = self._tracked()
-        if event.position <= tracked:
-            return 0
-        if event.position == tracked + 1:
-            events = [event]
-        else:
+        with self.turn:
+            session = self.make_session()
+            try:
+                tracked = store.tracked_position(session, lock=True)
+                if event.position <= tracked:
+                    session.rollback()
+                    return 0
+                if event.position == tracked + 1:
+                    store.apply_events(session, [event], tracked)
+                    session.commit()
+                    return 1
+                session.rollback()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
             logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
-            events = self._read_feed(tracked, up_to=event.position)
-        return self._apply(events)
+            return self._apply(self._read_feed(tracked, up_to=event.position))
 
     def catch_up(self) -> int:
         """Apply everything the feed has past the tracked position; returns how many."""
         applied = 0
         while True:
-            events = self._read_feed(self._tracked())
-            if not events:
-                return applied
-            applied += self._apply(events)
+            with self.turn:
+                events = self._read_feed(self._tracked())
+                if not events:
+                    return applied
+                applied += self._apply(events)

@@ -40,6 +40,15 @@ class ProjectorProvider(DependencyProvider):
         self.db_attr = db_attr
         self.messages_attr = messages_attr
 
+    def setup(self):
+        # One event at a time per process, in arrival order (eventlet's semaphore is
+        # FIFO). The broker delivers a queue in order; workers racing each other would turn
+        # that into gaps, each costing a trip to the feed, and into a queue on the
+        # tracking row's lock. Across processes the tracking row still decides.
+        from eventlet.semaphore import Semaphore
+
+        self.turn = Semaphore(1)
+
     def get_dependency(self, worker_ctx):
         database = next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
         service = worker_ctx.service
@@ -47,7 +56,7 @@ class ProjectorProvider(DependencyProvider):
         def feed(after, limit):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
-        return Projector(database.make_session, feed)
+        return Projector(database.make_session, feed, turn=self.turn)
 
 
 def _valid_user_id(user_id) -> int:

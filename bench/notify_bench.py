@@ -1,0 +1,226 @@
+"""Benchmarks of the notifications path (issue 4), on RabbitMQ + PostgreSQL, each service
+in its own process:
+
+    python -m bench.notify_bench latency   # send-to-visible at 100 sends/s: p50/p99
+    python -m bench.notify_bench replay    # replay of 1,000,000 events: events/s
+    python -m bench.notify_bench poll      # "nothing new" polls through the gateway: requests/s (needs wrk)
+"""
+from __future__ import annotations
+
+import eventlet
+
+eventlet.monkey_patch()
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+from bench.common import MICROBLOG, databases, percentile, services, vhost  # noqa: E402
+from kernel.rpc_pool import RpcPool  # noqa: E402
+
+PASSWORD = "correct horse battery"
+ALL = ("users", "messages", "notifications")
+
+
+def _env(amqp_uri, urls):
+    return {"AMQP_URI": amqp_uri, "PYTHONWARNINGS": "ignore",
+            **{f"{name.upper()}_DATABASE_URL": url for name, url in urls.items()}}
+
+
+def latency(args):
+    with vhost() as amqp_uri, databases(*ALL) as urls, tempfile.TemporaryDirectory() as logs:
+        with services(list(ALL), _env(amqp_uri, urls), Path(logs)):
+            pool = RpcPool({"AMQP_URI": amqp_uri}, size=32, timeout=30)
+            sender = pool.users.register("sender", "sender@example.com", PASSWORD)["id"]
+            recipients = [pool.users.register(f"r{i}", f"r{i}@example.com", PASSWORD)["id"] for i in range(args.recipients)]
+            for r in recipients:  # warm up, then start every count from zero
+                pool.messages.send_message(sender, r, "warm-up")
+                pool.messages.mark_inbox_read(r)
+            time.sleep(1)
+            # Visibility is watched in the projection's table (what /notifications reads),
+            # by one poller every millisecond: polling the endpoint per message would load
+            # the very services being measured. The endpoint's own latency is added below.
+            from sqlalchemy import text
+
+            from kernel.db import create_db_engine, dispose
+
+            watcher = create_db_engine(urls["notifications"], pool_size=1)
+            sent = {r: 0 for r in recipients}
+            waiting = {}  # recipient -> list of (expected count, began)
+            latencies = []
+            done = [False]
+
+            def watch():
+                with watcher.connect() as connection:
+                    while not done[0] or waiting:
+                        if waiting:
+                            rows = connection.execute(
+                                text("SELECT user_id, payload_json FROM notifications WHERE user_id = ANY(:ids)"),
+                                {"ids": list(waiting)},
+                            ).all()
+                            connection.commit()
+                            now = time.perf_counter()
+                            for user_id, payload in rows:
+                                pending = waiting.get(user_id, [])
+                                while pending and int(payload) >= pending[0][0]:
+                                    latencies.append(now - pending.pop(0)[1])
+                                if not pending:
+                                    waiting.pop(user_id, None)
+                        eventlet.sleep(0.001)
+
+            def one(recipient, expected):
+                began = time.perf_counter()
+                pool.messages.send_message(sender, recipient, "benchmark")
+                waiting.setdefault(recipient, []).append((expected, began))
+
+            watcher_thread = eventlet.spawn(watch)
+            workers = []
+            interval = 1.0 / args.rate
+            began = time.perf_counter()
+            for n in range(args.sends):
+                recipient = recipients[n % len(recipients)]
+                sent[recipient] += 1
+                workers.append(eventlet.spawn(one, recipient, sent[recipient]))
+                eventlet.sleep(max(0.0, began + (n + 1) * interval - time.perf_counter()))
+            for worker in workers:
+                worker.wait()
+            elapsed = time.perf_counter() - began
+            done[0] = True
+            watcher_thread.wait()
+            dispose(watcher)
+            endpoint = []
+            for r in recipients * 10:
+                t = time.perf_counter()
+                pool.notifications.notifications_since(r, 0)
+                endpoint.append(time.perf_counter() - t)
+            pool.stop()
+    print(f"sends:               {args.sends} at {args.rate}/s target ({args.sends / elapsed:.0f}/s achieved), "
+          f"{args.recipients} recipients")
+    print(f"send-to-visible p50: {percentile(latencies, 0.50) * 1000:.1f} ms")
+    print(f"send-to-visible p99: {percentile(latencies, 0.99) * 1000:.1f} ms")
+    print(f"(committed in the projection; one notifications_since call, what /notifications makes, "
+          f"adds p50 {percentile(endpoint, 0.5) * 1000:.1f} ms)")
+
+
+SEED_SQL = """
+INSERT INTO event_log (position, event_id, event_type, version, occurred_at, data)
+SELECT n, gen_random_uuid()::text,
+       CASE WHEN n % 10 = 0 THEN 'InboxRead' ELSE 'MessageSent' END, 1,
+       TIMESTAMPTZ '2026-11-24 00:00:00+00' + n * INTERVAL '1 millisecond',
+       CASE WHEN n % 10 = 0 THEN json_build_object('user_id', 1 + n % :users)::text
+            ELSE json_build_object('sender_id', 1 + (n * 7) % :users, 'recipient_id', 1 + n % :users, 'body', 'x')::text END
+FROM generate_series(1, :events) AS n;
+UPDATE counters SET position = :events;
+"""
+
+
+def replay(args):
+    from sqlalchemy import text
+    from sqlalchemy.orm import sessionmaker
+
+    from deploy.registry import SERVICES
+    from kernel.db import create_db_engine, dispose
+    from kernel.migrations import upgrade
+    from services.notifications.replay import rebuild
+
+    with vhost() as amqp_uri, databases("messages", "notifications") as urls, tempfile.TemporaryDirectory() as logs:
+        for name, url in urls.items():
+            upgrade(SERVICES[name].migrations, url)
+        engine = create_db_engine(urls["messages"], pool_size=1)
+        seeded = time.perf_counter()
+        with engine.begin() as connection:
+            for statement in SEED_SQL.split(";\n"):
+                if statement.strip():
+                    connection.execute(text(statement), {"events": args.events, "users": args.users})
+        dispose(engine)
+        print(f"seeded {args.events} events for {args.users} users in {time.perf_counter() - seeded:.1f} s "
+              "(written straight into the log: this measures the replay, not the sends)")
+        with services(["messages"], _env(amqp_uri, urls), Path(logs)):
+            pool = RpcPool({"AMQP_URI": amqp_uri}, size=2, timeout=60)
+            engine = create_db_engine(urls["notifications"], pool_size=2)
+            began = time.perf_counter()
+            position = rebuild(sessionmaker(engine, expire_on_commit=False), pool.messages.events_after)
+            elapsed = time.perf_counter() - began
+            dispose(engine)
+            pool.stop()
+    print(f"replayed:            {position} events in {elapsed:.1f} s")
+    print(f"replay rate:         {position / elapsed:.0f} events/s")
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def poll(args):
+    import requests
+
+    port = _free_port()
+    with vhost() as amqp_uri, databases(*ALL) as urls, tempfile.TemporaryDirectory() as logs:
+        env = {**_env(amqp_uri, urls), "SECRET_KEY": "benchmark-secret", "PORT": str(port),
+               "GATEWAY_WORKERS": str(args.workers), "GATEWAY_THREADS": str(args.threads), "GATEWAY_ACCESS_LOG": "/dev/null"}
+        with services(list(ALL), env, Path(logs)):
+            gateway = subprocess.Popen([MICROBLOG, "serve", "gateway", "--host", "127.0.0.1"], env={**os.environ, **env},
+                                       stdout=open(Path(logs) / "gateway.log", "w"), stderr=subprocess.STDOUT)
+            try:
+                base = f"http://127.0.0.1:{port}"
+                browser = requests.Session()
+                for _ in range(100):
+                    try:
+                        page = browser.get(base + "/auth/register", timeout=2)
+                        break
+                    except requests.ConnectionError:
+                        time.sleep(0.2)
+                token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text).group(1)
+                browser.post(base + "/auth/register", data={"csrf_token": token, "username": "susan", "email": "s@example.com",
+                                                            "password": PASSWORD, "password2": PASSWORD})
+                token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', browser.get(base + "/auth/login").text).group(1)
+                browser.post(base + "/auth/login", data={"csrf_token": token, "username": "susan", "password": PASSWORD})
+                latest = max([n["timestamp"] for n in browser.get(base + "/notifications").json()], default=0)
+                cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+                url = f"{base}/notifications?since={latest!r}"
+                assert browser.get(url).json() == []
+                result = subprocess.run(["wrk", "-t2", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
+                                         "-H", f"Cookie: {cookie}", url], capture_output=True, text=True)
+                print(result.stdout)
+            finally:
+                gateway.terminate()
+                gateway.wait(timeout=30)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    print(f"nothing-new polls:   {float(rate.group(1)):.0f} requests/s "
+          f"(gunicorn {args.workers} workers x {args.threads} threads, {args.connections} connections)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+    p = sub.add_parser("latency")
+    p.add_argument("--sends", type=int, default=2000)
+    p.add_argument("--rate", type=float, default=100.0)
+    p.add_argument("--recipients", type=int, default=20)
+    p.set_defaults(run=latency)
+    p = sub.add_parser("replay")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--users", type=int, default=1000)
+    p.set_defaults(run=replay)
+    p = sub.add_parser("poll")
+    p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=8)
+    p.set_defaults(run=poll)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
