@@ -74,3 +74,16 @@ def database_url(service: str) -> str:
 
 def rpc_timeout() -> float:
     return env_float("RPC_TIMEOUT", 10.0, minimum=0.1)
+
+
+def service_config(service: str, **extra) -> dict:
+    """The nameko config every service shares, from ``AMQP_URI``, ``<SERVICE>_DATABASE_URL``,
+    ``<SERVICE>_DB_POOL_SIZE`` and ``<SERVICE>_MAX_WORKERS``, plus the service's own ``extra``."""
+    prefix = service.upper()
+    return {
+        "AMQP_URI": amqp_uri(),
+        f"{prefix}_DATABASE_URL": database_url(service),
+        "DB_POOL_SIZE": env_int(f"{prefix}_DB_POOL_SIZE", 10, minimum=1),
+        "max_workers": env_int(f"{prefix}_MAX_WORKERS", 10, minimum=1),
+        **extra,
+    }

@@ -40,3 +40,10 @@ def login(client, username: str, password: str = PASSWORD, remember: bool = Fals
 
 def text(response) -> str:
     return response.get_data(as_text=True)
+
+
+def signed_in(client, username: str = "susan"):
+    """``client`` after registering ``username`` and signing in."""
+    register(client, username)
+    login(client, username)
+    return client

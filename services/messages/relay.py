@@ -20,7 +20,6 @@ from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
 from sqlalchemy import select, update
 
-from kernel.events import Event
 from services.messages import log
 from services.messages.models import Counter
 

@@ -3,11 +3,10 @@ from nameko.rpc import RpcProxy
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
-from kernel.rpc import rpc
 from kernel.errors import ValidationFailed
+from kernel.rpc import rpc
 from services.messages import commands, inbox, log
 from services.messages.relay import Outbox
-
 
 KNOWN_USERS: set[int] = set()
 

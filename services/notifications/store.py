@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from sqlalchemy import Table, and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Table, and_, insert, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from kernel.events import Event
@@ -94,7 +94,3 @@ def since(session: Session, user_id: int, timestamp: float) -> list[dict]:
 def all_rows(session: Session, table: Table = LIVE) -> dict[Key, Row]:
     result = session.execute(select(table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp))
     return {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp) for r in result}
-
-
-def clear(session: Session, table: Table) -> None:
-    session.execute(delete(table))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -9,7 +10,13 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.clock import as_utc, utcnow
-from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed
+from kernel.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    UsernameTaken,
+    UserNotFound,
+    ValidationFailed,
+)
 from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User
 
 # Usernames appear in URLs (/user/<username>): keep them to characters that need no escaping.

@@ -3,9 +3,4 @@ from kernel import settings as env
 
 
 def nameko_config() -> dict:
-    return {
-        "AMQP_URI": env.amqp_uri(),
-        "USERS_DATABASE_URL": env.database_url("users"),
-        "DB_POOL_SIZE": env.env_int("USERS_DB_POOL_SIZE", 10, minimum=1),
-        "max_workers": env.env_int("USERS_MAX_WORKERS", 10, minimum=1),
-    }
+    return env.service_config("users")

@@ -3,13 +3,7 @@ import re
 
 import pytest
 
-from tests.helpers import login, post_form, register, text
-
-
-def _signed_in(client, username):
-    register(client, username)
-    login(client, username)
-    return client
+from tests.helpers import post_form, signed_in, text
 
 
 def _send(client, recipient, body):
@@ -22,8 +16,8 @@ def _bodies(page_html):
 
 @pytest.fixture
 def susan_and_john(client, other_client):
-    _signed_in(other_client, "john")
-    _signed_in(client, "susan")
+    signed_in(other_client, "john")
+    signed_in(client, "susan")
     return client, other_client
 
 
@@ -63,9 +57,9 @@ def test_inbox_is_newest_first_with_working_newer_and_older_links(susan_and_john
 
 def test_a_user_never_sees_messages_sent_to_someone_else(client, other_client, system_app):
     third = system_app.test_client()
-    _signed_in(third, "mary")
-    _signed_in(other_client, "john")
-    _signed_in(client, "susan")
+    signed_in(third, "mary")
+    signed_in(other_client, "john")
+    signed_in(client, "susan")
     _send(client, "john", "for john only")
     assert _bodies(text(third.get("/messages"))) == []
     assert _bodies(text(client.get("/messages"))) == []

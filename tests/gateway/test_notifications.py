@@ -4,13 +4,7 @@ import re
 import eventlet
 import pytest
 
-from tests.helpers import login, post_form, register, text
-
-
-def _signed_in(client, username):
-    register(client, username)
-    login(client, username)
-    return client
+from tests.helpers import login, post_form, register, signed_in, text
 
 
 def _poll(client, since=None):
@@ -38,8 +32,8 @@ def _badge(client):
 
 @pytest.fixture
 def susan_and_john(client, other_client):
-    _signed_in(other_client, "john")
-    _signed_in(client, "susan")
+    signed_in(other_client, "john")
+    signed_in(client, "susan")
     return client, other_client
 
 
@@ -107,7 +101,6 @@ def test_the_badge_is_on_every_page(susan_and_john):
 
 
 def test_the_poll_works_from_a_remember_me_cookie_alone(system_app):
-    from tests.helpers import login, register
 
     browser = system_app.test_client()
     register(browser, "mary")

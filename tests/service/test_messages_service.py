@@ -5,12 +5,11 @@ import pytest
 from nameko.events import event_handler
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from kernel import memory_transport
 from kernel.errors import RecipientNotFound, ValidationFailed
 from kernel.events import Event
 from services.messages.service import MessagesService
 from services.users.service import UsersService
-from tests.conftest import empty_tables
+from tests.service.conftest import services_config
 
 PASSWORD = "correct horse battery"
 RECEIVED = []
@@ -33,25 +32,7 @@ class Listener:
 @pytest.fixture(params=["real", "embedded"])
 def config(request, tmp_path):
     RECEIVED.clear()
-    if request.param == "embedded":
-        from deploy.registry import SERVICES
-        from kernel.migrations import upgrade
-
-        memory_transport.register()
-        config = {"AMQP_URI": "embedded://", "DB_POOL_SIZE": 1}
-        for name in ("users", "messages"):
-            url = f"sqlite:///{tmp_path / name}.db"
-            upgrade(SERVICES[name].migrations, url)
-            config[SERVICES[name].database_key] = url
-    else:
-        request.getfixturevalue("real_infra")
-        config = dict(request.getfixturevalue("rabbit_config"))
-        for name in ("users", "messages"):
-            url = request.getfixturevalue(f"{name}_pg_url")
-            empty_tables(url)
-            config[f"{name.upper()}_DATABASE_URL"] = url
-    config["OUTBOX_POLL_INTERVAL"] = 0.1
-    return config
+    return dict(services_config(request, tmp_path, ("users", "messages")), OUTBOX_POLL_INTERVAL=0.1)
 
 
 @pytest.fixture

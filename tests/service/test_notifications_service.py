@@ -5,14 +5,13 @@ import eventlet
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from kernel import memory_transport
 from kernel.events import Event
 from services.messages.service import MessagesService
 from services.notifications import store
 from services.notifications.projection import fold
 from services.notifications.service import NotificationsService
 from services.users.service import UsersService
-from tests.conftest import empty_tables
+from tests.service.conftest import services_config
 
 PASSWORD = "correct horse battery"
 SERVICES = ("users", "messages", "notifications")
@@ -20,25 +19,7 @@ SERVICES = ("users", "messages", "notifications")
 
 @pytest.fixture(params=["real", "embedded"])
 def config(request, tmp_path):
-    if request.param == "embedded":
-        from deploy.registry import SERVICES as SPECS
-        from kernel.migrations import upgrade
-
-        memory_transport.register()
-        config = {"AMQP_URI": "embedded://", "DB_POOL_SIZE": 1}
-        for name in SERVICES:
-            url = f"sqlite:///{tmp_path / name}.db"
-            upgrade(SPECS[name].migrations, url)
-            config[SPECS[name].database_key] = url
-    else:
-        request.getfixturevalue("real_infra")
-        config = dict(request.getfixturevalue("rabbit_config"))
-        for name in SERVICES:
-            url = request.getfixturevalue(f"{name}_pg_url")
-            empty_tables(url)
-            config[f"{name.upper()}_DATABASE_URL"] = url
-    config.update(OUTBOX_POLL_INTERVAL=0.1, FEED_CHECK_INTERVAL=0.3)
-    return config
+    return dict(services_config(request, tmp_path, SERVICES), OUTBOX_POLL_INTERVAL=0.1, FEED_CHECK_INTERVAL=0.3)
 
 
 def projection_state(config):

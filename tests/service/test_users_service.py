@@ -3,7 +3,13 @@ import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.services import entrypoint_hook
 
-from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed
+from kernel.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    UsernameTaken,
+    UserNotFound,
+    ValidationFailed,
+)
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
 from services.users.service import UsersService
 

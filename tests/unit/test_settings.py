@@ -1,5 +1,4 @@
 """Settings come from the environment, fail clearly, and nothing connects at import."""
-import importlib
 import subprocess
 import sys
 
@@ -31,6 +30,24 @@ def test_each_service_has_its_own_database_url(monkeypatch):
     monkeypatch.setenv("USERS_DATABASE_URL", "postgresql://u@db/users")
     assert database_url("users") == "postgresql://u@db/users"
     assert database_url("messages").endswith("/microblog_messages")
+
+
+def test_each_services_config_comes_from_its_own_variables(monkeypatch):
+    from services.messages.settings import nameko_config as messages_config
+    from services.notifications.settings import nameko_config as notifications_config
+
+    monkeypatch.setenv("AMQP_URI", "amqp://u:p@broker:5672/")
+    monkeypatch.setenv("MESSAGES_DATABASE_URL", "postgresql://m@db/messages")
+    monkeypatch.setenv("MESSAGES_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("FEED_CHECK_INTERVAL", "0.5")
+    config = messages_config()
+    assert (config["AMQP_URI"], config["MESSAGES_DATABASE_URL"], config["DB_POOL_SIZE"]) == (
+        "amqp://u:p@broker:5672/", "postgresql://m@db/messages", 3)
+    assert config["OUTBOX_POLL_INTERVAL"] == 1.0 and config["OUTBOX_LINGER"] == 0.0
+    assert notifications_config()["FEED_CHECK_INTERVAL"] == 0.5
+    monkeypatch.setenv("NOTIFICATIONS_MAX_WORKERS", "many")
+    with pytest.raises(SettingsError, match="NOTIFICATIONS_MAX_WORKERS"):
+        notifications_config()
 
 
 def test_gateway_refuses_to_start_without_a_secret_key(monkeypatch):
