@@ -55,6 +55,11 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         SESSION_COOKIE_SECURE=settings.secure_cookies,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
     )
+    from gateway.freshness import ChangeListener, LatestTimestamps
+
+    latest = LatestTimestamps(ttl=settings.poll_cache_ttl)
+    app.extensions["latest_timestamps"] = latest
+    app.extensions["change_listener"] = ChangeListener(settings.amqp_uri, latest) if settings.poll_cache_ttl > 0 else None
     app.extensions["rpc"] = rpc or RpcPool(
         {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
     )

@@ -17,6 +17,9 @@ class GatewaySettings:
     # How often a page asks /notifications for news, in seconds (the tutorial's 10 s).
     poll_interval: float = 10.0
     languages: list[str] = field(default_factory=lambda: ["en", "es"])
+    # How long a process trusts what it knows of a user's latest notification to answer
+    # "nothing new" without asking the service (0 turns the shortcut off).
+    poll_cache_ttl: float = 5.0
     remember_days: int = 14
     secure_cookies: bool = False
 
@@ -35,6 +38,7 @@ class GatewaySettings:
             rpc_timeout=env.rpc_timeout(),
             poll_interval=env.env_float("POLL_INTERVAL", 10.0, minimum=0.05),
             remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
+            poll_cache_ttl=env.env_float("POLL_CACHE_TTL", 5.0, minimum=0.0),
             secure_cookies=env.env_bool("SECURE_COOKIES", False),
         )
 

@@ -117,3 +117,17 @@ class InboxRead(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (MessageSent, InboxRead)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotificationChanged(Event):
+    """A user's notification row changed (published by the notifications service after
+    commit; not part of the messages log, so ``position`` stays 0). Gateways use it to
+    answer "nothing new" polls without asking the service."""
+
+    user_id: int
+    name: str
+    timestamp: float
+
+
+EVENT_TYPES[NotificationChanged.__name__] = NotificationChanged

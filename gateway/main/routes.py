@@ -3,7 +3,7 @@ from datetime import datetime, timedelta
 
 import math
 
-from flask import abort, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _
 from flask_login import current_user, login_required
 
@@ -133,7 +133,16 @@ def notifications():
         since = math.nan
     if not math.isfinite(since) or since < 0:
         return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
-    return jsonify(services().notifications.notifications_since(user_id, since))
+    listener = current_app.extensions["change_listener"]
+    latest = current_app.extensions["latest_timestamps"]
+    if listener is not None:
+        listener.ensure_started()
+        if latest.nothing_newer(user_id, since):
+            return jsonify([])
+    token = latest.reading()
+    rows = services().notifications.notifications_since(user_id, since)
+    latest.record(user_id, max([since] + [row["timestamp"] for row in rows]), token)
+    return jsonify(rows)
 
 
 def _session_user_id() -> int | None:

@@ -27,10 +27,12 @@ Feed = Callable[[int, int], list[dict]]  # (after position, limit) -> event payl
 
 
 class Projector:
-    def __init__(self, make_session: Callable, feed: Feed, turn=None):
+    def __init__(self, make_session: Callable, feed: Feed, turn=None, announce: Callable | None = None):
         self.make_session = make_session
         self.feed = feed
         self.turn = turn if turn is not None else contextlib.nullcontext()
+        # Told of the rows each commit changed, after the commit (see service.py).
+        self.announce = announce or (lambda rows: None)
 
     def _read_feed(self, after: int, up_to: int | None = None) -> list[Event]:
         events: list[Event] = []
@@ -49,16 +51,18 @@ class Projector:
         """Apply ``events`` (a contiguous run read from the broker or the feed) under the
         tracking row's lock; those another consumer applied meanwhile are skipped."""
         session = session or self.make_session()
+        changes: list = []
         try:
             tracked = store.tracked_position(session, lock=True)
-            new_position = store.apply_events(session, events, tracked)
+            new_position = store.apply_events(session, events, tracked, changes=changes)
             session.commit()
-            return new_position - tracked
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+        self.announce(changes)
+        return new_position - tracked
 
     def _tracked(self) -> int:
         session = self.make_session()
@@ -83,8 +87,10 @@ class Projector:
                     session.rollback()
                     return 0
                 if event.position == tracked + 1:
-                    store.apply_events(session, [event], tracked)
+                    changes: list = []
+                    store.apply_events(session, [event], tracked, changes=changes)
                     session.commit()
+                    self.announce(changes)
                     return 1
                 session.rollback()
             except BaseException:

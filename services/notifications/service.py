@@ -1,7 +1,7 @@
 """The notifications nameko service: entry points only; the work is in projector and store."""
 import logging
 
-from nameko.events import event_handler
+from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
 from nameko.timer import Timer
@@ -9,7 +9,7 @@ from nameko.timer import Timer
 from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
-from kernel.events import Event, EventContractError
+from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.rpc import rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
@@ -56,7 +56,17 @@ class ProjectorProvider(DependencyProvider):
         def feed(after, limit):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
-        return Projector(database.make_session, feed, turn=self.turn)
+        def announce(rows):
+            # After commit. If this publish fails the change is still committed: gateways
+            # just answer from the service until their cached entry expires.
+            try:
+                for row in rows:
+                    changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp)
+                    service.dispatch(NotificationChanged.__name__, changed.to_dict())
+            except Exception:
+                logger.exception("notifications: could not announce a change")
+
+        return Projector(database.make_session, feed, turn=self.turn, announce=announce)
 
 
 def _valid_user_id(user_id) -> int:
@@ -70,6 +80,7 @@ class NotificationsService:
 
     db = Database("NOTIFICATIONS_DATABASE_URL")
     messages = RpcProxy("messages")
+    dispatch = EventDispatcher()
     projector = ProjectorProvider()
 
     def _on_event(self, payload):

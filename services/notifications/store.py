@@ -58,10 +58,12 @@ def save_rows(session: Session, rows: dict[Key, Row], existing: set[Key], table:
             session.execute(insert(table).values(user_id=row.user_id, name=row.name, **values))
 
 
-def apply_events(session: Session, events: list[Event], tracked: int, table: Table = LIVE, projection: str = PROJECTION) -> int:
+def apply_events(session: Session, events: list[Event], tracked: int, table: Table = LIVE, projection: str = PROJECTION,
+                 changes: list[Row] | None = None) -> int:
     """Apply a contiguous run of events following ``tracked`` and move the tracking row,
     inside the caller's transaction. Events at or below ``tracked`` are skipped (duplicates);
-    a hole raises ``Gap``. Returns the new tracked position."""
+    a hole raises ``Gap``. Returns the new tracked position; the rows written are appended
+    to ``changes`` if given."""
     events = [e for e in events if e.position > tracked]
     if not events:
         return tracked
@@ -78,6 +80,8 @@ def apply_events(session: Session, events: list[Event], tracked: int, table: Tab
         changed.update(change)
         position = event.position
     save_rows(session, changed, existing, table)
+    if changes is not None:
+        changes.extend(changed.values())
     session.execute(update(Tracking).where(Tracking.projection == projection).values(position=position))
     return position
 

@@ -119,3 +119,23 @@ def test_a_tampered_session_id_is_not_a_user(system_app):
     with browser.session_transaction() as session:
         session["_user_id"] = "not-a-number"
     assert browser.get("/notifications").status_code == 401
+
+
+def test_nothing_new_is_answered_without_the_service_and_a_change_still_shows_at_once(susan_and_john, system_app):
+    susan, john = susan_and_john
+    latest = system_app.extensions["latest_timestamps"]
+    latest.ttl = 3600  # so that only the change broadcast, never expiry, can let the change through
+    post_form(susan, "/send_message/john", {"message": "one"})
+    first = _wait_for_count(john, 1)
+    with eventlet.Timeout(10):
+        while not latest.connected:
+            eventlet.sleep(0.02)
+    assert _poll(john, since=repr(first["timestamp"])) == []  # read from the service, recorded
+    with john.session_transaction() as session:
+        john_id = int(session["_user_id"])
+    assert latest.nothing_newer(john_id, first["timestamp"])  # the next such poll needs no RPC
+    post_form(susan, "/send_message/john", {"message": "two"})
+    with eventlet.Timeout(5):
+        while not (newer := _poll(john, since=repr(first["timestamp"]))):
+            eventlet.sleep(0.02)
+    assert newer[0]["data"] == 2

@@ -1,0 +1,54 @@
+"""The gateway's knowledge of users' latest notification timestamps: never a wrong "nothing new"."""
+import time
+
+from gateway.freshness import LatestTimestamps
+
+
+def test_nothing_is_vouched_for_before_the_listener_is_connected():
+    latest = LatestTimestamps()
+    token = latest.reading()
+    latest.record(1, 10.0, token)
+    assert token is None and not latest.nothing_newer(1, 10.0)
+
+
+def test_a_recorded_read_answers_later_polls_until_a_change_arrives():
+    latest = LatestTimestamps()
+    latest.connection_up()
+    latest.record(1, 10.0, latest.reading())
+    assert latest.nothing_newer(1, 10.0) and latest.nothing_newer(1, 11.0)
+    assert not latest.nothing_newer(1, 9.0)
+    latest.changed(1, 12.0)
+    assert not latest.nothing_newer(1, 10.0)
+    assert latest.nothing_newer(1, 12.0)
+    assert not latest.nothing_newer(2, 100.0)  # never read: unknown
+
+
+def test_a_change_heard_during_the_read_is_not_overwritten_by_the_older_read():
+    latest = LatestTimestamps()
+    latest.connection_up()
+    latest.record(1, 5.0, latest.reading())
+    token = latest.reading()
+    latest.changed(1, 12.0)  # committed and broadcast while our read was in flight
+    latest.record(1, 10.0, token)  # the read saw only up to 10
+    assert not latest.nothing_newer(1, 10.0)
+
+
+def test_a_reconnect_forgets_everything_and_stale_tokens_record_nothing():
+    latest = LatestTimestamps()
+    latest.connection_up()
+    token = latest.reading()
+    latest.record(1, 10.0, token)
+    latest.connection_down()
+    assert not latest.nothing_newer(1, 10.0)
+    latest.connection_up()
+    latest.record(1, 10.0, token)  # read began in the previous epoch: changes may be missed
+    assert not latest.nothing_newer(1, 10.0)
+
+
+def test_entries_expire():
+    latest = LatestTimestamps(ttl=0.05)
+    latest.connection_up()
+    latest.record(1, 10.0, latest.reading())
+    assert latest.nothing_newer(1, 10.0)
+    time.sleep(0.1)
+    assert not latest.nothing_newer(1, 10.0)
