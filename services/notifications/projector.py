@@ -47,10 +47,10 @@ class Projector:
                 break  # one batch at a time when catching up to the head
         return [e for e in events if up_to is None or e.position <= up_to]
 
-    def _apply(self, events: list[Event], session=None) -> int:
-        """Apply ``events`` (a contiguous run read from the broker or the feed) under the
-        tracking row's lock; those another consumer applied meanwhile are skipped."""
-        session = session or self.make_session()
+    def _apply(self, events: list[Event]) -> int:
+        """Apply ``events`` (a contiguous run read from the feed) under the tracking row's
+        lock; those another consumer applied meanwhile are skipped."""
+        session = self.make_session()
         changes: list = []
         try:
             tracked = store.tracked_position(session, lock=True)
