@@ -24,30 +24,24 @@ class ServiceSpec:
 
 _ROOT = Path(__file__).resolve().parent.parent / "services"
 
+
+def _spec(name: str, class_name: str) -> ServiceSpec:
+    """Every service follows one layout: services/<name>/{service,settings}.py, migrations/."""
+    return ServiceSpec(
+        name=name,
+        service_path=f"services.{name}.service:{class_name}",
+        settings_module=f"services.{name}.settings",
+        migrations=_ROOT / name / "migrations",
+        database_key=f"{name.upper()}_DATABASE_URL",
+    )
+
+
 SERVICES: dict[str, ServiceSpec] = {
     spec.name: spec
     for spec in (
-        ServiceSpec(
-            name="users",
-            service_path="services.users.service:UsersService",
-            settings_module="services.users.settings",
-            migrations=_ROOT / "users" / "migrations",
-            database_key="USERS_DATABASE_URL",
-        ),
-        ServiceSpec(
-            name="messages",
-            service_path="services.messages.service:MessagesService",
-            settings_module="services.messages.settings",
-            migrations=_ROOT / "messages" / "migrations",
-            database_key="MESSAGES_DATABASE_URL",
-        ),
-        ServiceSpec(
-            name="notifications",
-            service_path="services.notifications.service:NotificationsService",
-            settings_module="services.notifications.settings",
-            migrations=_ROOT / "notifications" / "migrations",
-            database_key="NOTIFICATIONS_DATABASE_URL",
-        ),
+        _spec("users", "UsersService"),
+        _spec("messages", "MessagesService"),
+        _spec("notifications", "NotificationsService"),
     )
 }
 

@@ -100,3 +100,13 @@ def client(system_app):
 def other_client(system_app):
     """A second browser."""
     return system_app.test_client()
+
+
+@pytest.fixture
+def susan_and_john(client, other_client):
+    """Two signed-in browsers: susan's and john's."""
+    from tests.helpers import signed_in
+
+    signed_in(other_client, "john")
+    signed_in(client, "susan")
+    return client, other_client

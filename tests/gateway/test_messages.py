@@ -14,12 +14,6 @@ def _bodies(page_html):
     return re.findall(r'<p class="card-text message-body">(.*?)</p>', page_html, re.S)
 
 
-@pytest.fixture
-def susan_and_john(client, other_client):
-    signed_in(other_client, "john")
-    signed_in(client, "susan")
-    return client, other_client
-
 
 def test_send_message_flashes_and_redirects_to_the_profile(susan_and_john):
     susan, john = susan_and_john

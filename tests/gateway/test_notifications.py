@@ -4,7 +4,7 @@ import re
 import eventlet
 import pytest
 
-from tests.helpers import login, post_form, register, signed_in, text
+from tests.helpers import login, post_form, register, text
 
 
 def _poll(client, since=None):
@@ -29,12 +29,6 @@ def _badge(client):
     assert match, "no badge on the page"
     return match.group(1), int(match.group(2))
 
-
-@pytest.fixture
-def susan_and_john(client, other_client):
-    signed_in(other_client, "john")
-    signed_in(client, "susan")
-    return client, other_client
 
 
 def test_two_users_see_the_count_through_polling_and_the_badge_then_zero(susan_and_john):
