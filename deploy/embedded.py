@@ -58,6 +58,9 @@ class EmbeddedSystem:
 
     def stop(self):
         if self.app is not None:
+            listener = self.app.extensions.get("change_listener")
+            if listener is not None:
+                listener.stop()
             self.rpc.stop()
         if self.runner is not None:
             self.runner.stop()
