@@ -39,13 +39,17 @@ def index():
     return render_template("index.html", title=_("Home"))
 
 
+def _profile_or_404(username: str) -> dict:
+    try:
+        return services().users.get_user_by_username(username)
+    except UserNotFound:
+        abort(404)
+
+
 @bp.route("/user/<username>")
 @login_required
 def user(username):
-    try:
-        profile = services().users.get_user_by_username(username)
-    except UserNotFound:
-        abort(404)
+    profile = _profile_or_404(username)
     return render_template("user.html", user=SessionUser(profile), title=profile["username"])
 
 
@@ -70,10 +74,7 @@ def edit_profile():
 @bp.route("/send_message/<recipient>", methods=["GET", "POST"])
 @login_required
 def send_message(recipient):
-    try:
-        user = services().users.get_user_by_username(recipient)
-    except UserNotFound:
-        abort(404)
+    user = _profile_or_404(recipient)
     form = MessageForm()
     if form.validate_on_submit():
         try:
