@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-
 import warnings
 
 import click
@@ -169,11 +168,11 @@ def _notifications_tools():
     import eventlet
 
     eventlet.monkey_patch()
-    from nameko.standalone.rpc import ClusterRpcProxy
     from sqlalchemy.orm import sessionmaker
 
     from deploy.registry import SERVICES
     from kernel.db import create_db_engine, dispose
+    from kernel.rpc import ClusterRpcProxy
 
     config = SERVICES["notifications"].nameko_config()
     engine = create_db_engine(config["NOTIFICATIONS_DATABASE_URL"], pool_size=2)

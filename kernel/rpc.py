@@ -9,6 +9,16 @@ requests with confirms, so an unknown service is still reported at once.
 
 Use it for every entry point of a service (``from kernel.rpc import rpc``): two kinds of
 RPC consumer in one service would compete for its queue.
+
+RPC requests and replies are also published *transient* (delivery mode 1), where nameko
+makes them persistent. A persistent message in the durable ``rpc-<service>`` queue is
+written to RabbitMQ's queue index, measured at 0.4 ms of broker CPU per call (a quarter
+of the broker's work per send). Persistence buys nothing for a call: its caller waits at
+most its timeout and its reply queue does not survive a broker restart, so a request
+replayed after a restart would run with nobody to tell, and be retried by a caller that
+was told it failed. Events (the outbox relay) stay persistent: they are the state.
+``RpcProxy`` (between services) and ``ClusterRpcProxy`` (the gateway's pool, the CLI) here
+publish requests that way.
 """
 from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import Publisher
@@ -17,12 +27,17 @@ from nameko.constants import (
     AMQP_URI_CONFIG_KEY,
     DEFAULT_SERIALIZER,
     LOGIN_METHOD_CONFIG_KEY,
+    NON_PERSISTENT,
     SERIALIZER_CONFIG_KEY,
 )
+from nameko.standalone import rpc as standalone_rpc
+
+TRANSIENT = {"delivery_mode": NON_PERSISTENT}
 
 
 class UnconfirmedPublisher(Publisher):
     use_confirms = False
+    delivery_mode = NON_PERSISTENT
 
 
 class Responder(nameko_rpc.Responder):
@@ -51,3 +66,25 @@ class Rpc(nameko_rpc.Rpc):
 
 
 rpc = Rpc.decorator
+
+
+class RpcProxy(nameko_rpc.RpcProxy):
+    """nameko's ``RpcProxy`` dependency, publishing its requests transient."""
+
+    def __init__(self, target_service, **options):
+        super().__init__(target_service, **{**TRANSIENT, **options})
+
+
+class _ClusterProxy(standalone_rpc.ClusterProxy):
+    def __getattr__(self, name):
+        if name not in self._proxies:
+            self._proxies[name] = nameko_rpc.ServiceProxy(self._worker_ctx, name, self._reply_listener, **TRANSIENT)
+        return self._proxies[name]
+
+
+class ClusterRpcProxy(standalone_rpc.ClusterRpcProxy):
+    """nameko's standalone ``ClusterRpcProxy``, publishing its requests transient."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._proxy = _ClusterProxy(self._worker_ctx, self._reply_listener)

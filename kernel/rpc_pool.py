@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from kombu.exceptions import KombuError
 from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
+
+from kernel.rpc import ClusterRpcProxy
 
 
 class ServiceUnavailable(Exception):

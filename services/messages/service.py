@@ -1,10 +1,9 @@
 """The messages nameko service: RPC entry points only; the work is in commands, inbox, log."""
-from nameko.rpc import RpcProxy
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
-from kernel.rpc import rpc
+from kernel.rpc import RpcProxy, rpc
 from services.messages import commands, inbox, log
 from services.messages.relay import Outbox
 

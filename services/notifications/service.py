@@ -3,14 +3,13 @@ import logging
 
 from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
-from nameko.rpc import RpcProxy
 from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
-from kernel.rpc import rpc
+from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
 from services.notifications.projector import Projector

@@ -1,0 +1,100 @@
+"""What kernel/rpc.py promises, observed on a real RabbitMQ: RPC requests (from the
+gateway's pool and from one service to another) and replies travel transient, and
+replies still reach their caller."""
+import json
+import uuid
+
+import eventlet
+import pytest
+from kombu import Connection, Exchange, Queue
+from nameko.constants import NON_PERSISTENT
+
+from kernel.rpc import RpcProxy, rpc
+from kernel.rpc_pool import RpcPool, ServiceUnavailable
+
+
+class EchoService:
+    name = "echo"
+
+    @rpc
+    def ping(self, text):
+        return f"pong {text}"
+
+
+class CallerService:
+    name = "caller"
+    probe = RpcProxy("probe")
+
+    @rpc
+    def call_probe(self):
+        return self.probe.ping()
+
+
+@pytest.fixture
+def config(real_infra, rabbit_config):
+    return dict(rabbit_config)
+
+
+@pytest.fixture
+def broker(config):
+    with Connection(config["AMQP_URI"]) as connection:
+        yield connection
+
+
+def _probe_queue(broker) -> Queue:
+    """A queue standing in for a service called "probe", so its requests can be read."""
+    queue = Queue("rpc-probe", Exchange("nameko-rpc", type="topic", durable=True), routing_key="probe.*",
+                  auto_delete=True)
+    queue(broker.default_channel).declare()
+    return queue
+
+
+def _get(broker, queue: Queue):
+    message = queue(broker.default_channel).get(no_ack=True)
+    assert message is not None, "nothing arrived on " + queue.name
+    return message
+
+
+def test_the_pools_requests_are_transient(config, broker):
+    queue = _probe_queue(broker)
+    pool = RpcPool(config, size=1, timeout=1)
+    try:
+        with pytest.raises(ServiceUnavailable):  # nobody answers the probe
+            pool.probe.ping()
+    finally:
+        pool.stop()
+    request = _get(broker, queue)
+    assert request.properties["delivery_mode"] == NON_PERSISTENT
+    assert json.loads(request.body) == {"args": [], "kwargs": {}}
+
+
+def test_requests_between_services_are_transient(config, broker, container_factory):
+    queue = _probe_queue(broker)
+    container_factory(CallerService, config).start()  # its call waits forever; the container is killed at the end
+    pool = RpcPool(config, size=1, timeout=1)
+    try:
+        with pytest.raises(ServiceUnavailable):  # the caller waits on the silent probe
+            pool.caller.call_probe()
+    finally:
+        pool.stop()
+    request = _get(broker, queue)
+    assert request.properties["delivery_mode"] == NON_PERSISTENT
+
+
+def test_replies_are_transient_and_arrive(config, broker, container_factory):
+    container_factory(EchoService, config).start()
+    reply_to = f"probe-replies-{uuid.uuid4().hex}"
+    exchange = Exchange("nameko-rpc", type="topic", durable=True)
+    replies = Queue(reply_to, exchange, routing_key=reply_to, auto_delete=True)
+    replies(broker.default_channel).declare()
+    producer = broker.Producer(serializer="json")
+    producer.publish({"args": ["x"], "kwargs": {}}, exchange=exchange, routing_key="echo.ping",
+                     reply_to=reply_to, correlation_id="1")
+    for _ in range(50):
+        message = replies(broker.default_channel).get(no_ack=True)
+        if message is not None:
+            break
+        eventlet.sleep(0.1)
+    assert message is not None, "no reply"
+    assert message.properties["delivery_mode"] == NON_PERSISTENT
+    assert json.loads(message.body) == {"result": "pong x", "error": None}
