@@ -1,9 +1,12 @@
-"""The embedded broker: kombu's memory transport with the two shims nameko needs."""
+"""The embedded broker: kombu's memory transport with the three shims nameko needs."""
 import time
 
+import eventlet
 import pytest
 from kombu import Connection, Exchange, Queue
-from nameko.rpc import rpc
+from nameko.events import event_handler
+from nameko.rpc import RpcProxy, rpc
+from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from kernel import memory_transport
@@ -15,6 +18,18 @@ class EchoService:
     @rpc
     def echo(self, value):
         return value
+
+
+class RelayService:
+    """Each event it handles waits on an RPC to echo: the reply must come in through the
+    same channel its event deliveries arrived on."""
+    name = "relayer"
+    echo = RpcProxy("echo")
+    handled = []
+
+    @event_handler("source", "ping")
+    def on_ping(self, value):
+        RelayService.handled.append(self.echo.echo(value))
 
 
 @pytest.fixture
@@ -57,3 +72,19 @@ def test_nameko_rpc_round_trips_quickly_over_the_embedded_transport(embedded_con
             assert proxy.echo.echo(i) == i
         assert time.monotonic() - started < 5
     assert memory_transport.Transport.polling_interval < 0.05
+
+
+def test_event_handlers_waiting_on_rpc_replies_do_not_starve_them(embedded_config, container_factory):
+    # Shim 3: with a channel-wide prefetch of max_workers (2 here), two handlers waiting on
+    # their replies hold both slots and the replies are never delivered.
+    config = dict(embedded_config, max_workers=2)
+    container_factory(EchoService, config).start()
+    container_factory(RelayService, config).start()
+    RelayService.handled.clear()
+    dispatch = event_dispatcher(embedded_config)
+    for i in range(6):
+        dispatch("source", "ping", i)
+    deadline = time.monotonic() + 5
+    while len(RelayService.handled) < 6 and time.monotonic() < deadline:
+        eventlet.sleep(0.01)
+    assert sorted(RelayService.handled) == list(range(6))
