@@ -12,7 +12,7 @@ from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
-from services.notifications.projector import Projector
+from services.notifications.projector import Projector, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +40,14 @@ class ProjectorProvider(DependencyProvider):
         self.messages_attr = messages_attr
 
     def setup(self):
-        # One event at a time per process, in arrival order (eventlet's semaphore is
-        # FIFO). The broker delivers a queue in order; workers racing each other would turn
-        # that into gaps, each costing a trip to the feed, and into a queue on the
-        # tracking row's lock. Across processes the tracking row still decides.
+        # One transaction at a time per process, in arrival order (eventlet's semaphore is
+        # FIFO), covering every delivery waiting meanwhile (Projector.handle). The broker
+        # delivers a queue in order; workers racing each other would turn that into gaps,
+        # each costing a trip to the feed, and into a queue on the tracking row's lock.
+        # Across processes the tracking row still decides.
         from eventlet.semaphore import Semaphore
 
-        self.turn = Semaphore(1)
+        self.turn = Turn(Semaphore(1))
 
     def get_dependency(self, worker_ctx):
         database = next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
@@ -103,7 +104,7 @@ class NotificationsService:
     @feed_check("FEED_CHECK_INTERVAL", 3.0)
     def check_feed(self):
         """Catches the case where the last event was lost and no later one reveals the gap."""
-        applied = self.projector.catch_up()
+        applied = self.projector.check()
         if applied:
             logger.info("notifications: caught up %s events from the feed", applied)
 

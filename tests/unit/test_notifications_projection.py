@@ -3,13 +3,14 @@ SQLite and PostgreSQL under duplicated, reordered and lost deliveries."""
 from datetime import datetime, timedelta, timezone
 
 import eventlet
+import eventlet.semaphore
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernel.events import InboxRead, MessageSent
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold
-from services.notifications.projector import Projector
+from services.notifications.projector import Projector, Turn
 
 USERS = [1, 2, 3]
 START = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -151,6 +152,35 @@ def test_events_lost_between_broker_and_consumer_are_recovered(notifications_db)
     assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
 
 
+def test_the_periodic_check_skips_while_deliveries_flow_and_finds_a_lost_last_event(notifications_db):
+    log = Log(make_log(SPEC))
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events[:-1]:  # the last one is lost
+        projector.handle(event)
+    assert projector.check() == 0  # deliveries applied events since the last look: skipped
+    assert live_rows(notifications_db)[1] == len(SPEC) - 1
+    assert projector.check() == 1  # a quiet interval: the look at the feed finds it
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+    assert projector.check() == 0
+
+
+def test_catching_up_does_not_chase_a_moving_head(notifications_db):
+    events = make_log([("sent", 1, 2)] * 30)
+    log = Log(events[:10])
+    reads = []
+
+    def growing_feed(after, limit):
+        reads.append(after)
+        batch = log.feed(after, limit)
+        log.events = events[:len(log.events) + 5]  # five more sends commit during each read
+        return batch
+
+    projector = Projector(notifications_db, growing_feed)
+    assert projector.catch_up() == 10
+    assert len(reads) == 1
+    assert live_rows(notifications_db)[1] == 10
+
+
 def test_a_consumer_killed_mid_stream_resumes_where_it_committed(notifications_db):
     log = Log(make_log(SPEC))
     first = Projector(notifications_db, log.feed)
@@ -185,6 +215,63 @@ def test_two_consumers_at_once_apply_each_event_once(notifications_db):
         worker.wait()
     consumers[0].catch_up()
     assert live_rows(notifications_db) == (fold(log.events), len(spec))
+
+
+def _counting_commits(make_session, fail_first: int = 0):
+    """``make_session`` whose sessions record each commit; the first ``fail_first`` fail."""
+    commits, failures = [], [fail_first]
+
+    def make():
+        session = make_session()
+        real_commit = session.commit
+
+        def commit():
+            if failures[0]:
+                failures[0] -= 1
+                raise ConnectionError("database went away")
+            real_commit()
+            commits.append(1)
+
+        session.commit = commit
+        return session
+
+    return make, commits
+
+
+def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications_db):
+    log = Log(make_log(SPEC))
+    make_session, commits = _counting_commits(notifications_db)
+    turn = Turn(eventlet.semaphore.Semaphore())
+    projectors = [Projector(make_session, log.feed, turn=turn) for _ in range(3)]  # one per worker
+    with turn.lock:  # busy applying something else while the deliveries arrive, as under load
+        deliveries = list(log.events) + [log.events[3]]  # one of them delivered twice
+        workers = [eventlet.spawn(projectors[i % 3].handle, event) for i, event in enumerate(deliveries)]
+        eventlet.sleep(0.01)
+    applied = [worker.wait() for worker in workers]
+    assert sum(applied) == len(SPEC)  # each event counted once, by the caller that applied it
+    assert len(commits) == 1
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+    assert turn.pending == {}
+
+
+def test_a_failed_batch_is_left_for_the_next_caller_and_nothing_is_lost(notifications_db):
+    log = Log(make_log(SPEC))
+    make_session, commits = _counting_commits(notifications_db, fail_first=1)
+    turn = Turn(eventlet.semaphore.Semaphore())
+    projectors = [Projector(make_session, log.feed, turn=turn) for _ in range(3)]  # one per worker
+    with turn.lock:
+        workers = [eventlet.spawn(projectors[i % 3].handle, event) for i, event in enumerate(log.events)]
+        eventlet.sleep(0.01)
+    outcomes = []
+    for worker in workers:
+        try:
+            outcomes.append(worker.wait())
+        except ConnectionError:
+            outcomes.append("requeued")  # the broker would deliver this one again
+    assert outcomes[0] == "requeued" and outcomes.count("requeued") == 1
+    assert sum(o for o in outcomes if o != "requeued") == len(SPEC)  # the next caller applied all
+    assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+    assert projectors[0].handle(log.events[0]) == 0  # the redelivery changes nothing
 
 
 def test_since_returns_newer_rows_oldest_first(notifications_db):
