@@ -18,6 +18,7 @@ from typing import Callable
 
 from kernel.events import Event
 from services.notifications import store
+from services.notifications.projection import keys_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,21 +65,22 @@ class Projector:
                 break  # one batch at a time when catching up to the head
         return [e for e in events if up_to is None or e.position <= up_to]
 
-    def _apply(self, events: list[Event]) -> int:
+    def _apply(self, events: list[Event], announced: list) -> int:
         """Apply ``events`` (a contiguous run read from the feed) under the tracking row's
-        lock; those another consumer applied meanwhile are skipped."""
+        lock; those another consumer applied meanwhile are skipped. The rows changed are
+        added to ``announced`` once committed, for the caller to announce after its turn."""
         session = self.make_session()
         changes: list = []
         try:
-            tracked = store.tracked_position(session, lock=True)
-            new_position = store.apply_events(session, events, tracked, changes=changes)
+            tracked, rows = store.lock_and_load(session, [k for e in events for k in keys_of(e)])
+            new_position = store.apply_events(session, events, tracked, changes=changes, rows=rows)
             session.commit()
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
-        self.announce(changes)
+        announced.extend(changes)
         return new_position - tracked
 
     def _tracked(self) -> int:
@@ -102,46 +104,55 @@ class Projector:
         For a gap, the feed is read outside any transaction, so no database lock (or
         SQLite's one connection) is held while waiting for the messages service.
         """
+        self.turn.pending[event.position] = event
+        announced: list = []
+        try:
+            with self.turn.lock:
+                return self._handle_in_turn(event, announced)
+        finally:
+            # Outside the turn: the next batch need not wait for these publishes.
+            if announced:
+                self.announce(announced)
+
+    def _handle_in_turn(self, event: Event, announced: list) -> int:
         pending = self.turn.pending
-        pending[event.position] = event
-        with self.turn.lock:
-            if event.position not in pending:
-                return 0  # a batch of another caller's committed it
-            session = self.make_session()
-            changes: list = []
-            try:
-                tracked = store.tracked_position(session, lock=True)
-                for position in [p for p in pending if p <= tracked]:
-                    del pending[position]  # committed earlier (here, by the feed or elsewhere)
-                if event.position <= tracked:
-                    session.rollback()
-                    return 0
-                batch = []
-                while tracked + 1 + len(batch) in pending:
-                    batch.append(pending[tracked + 1 + len(batch)])
-                if batch:
-                    store.apply_events(session, batch, tracked, changes=changes)
-                    session.commit()
-                else:
-                    session.rollback()
-            except BaseException:
+        if event.position not in pending:
+            return 0  # a batch of another caller's committed it
+        session = self.make_session()
+        changes: list = []
+        batch: list[Event] = []
+        try:
+            keys = [key for waiting in pending.values() for key in keys_of(waiting)]
+            tracked, rows = store.lock_and_load(session, keys)
+            for position in [p for p in pending if p <= tracked]:
+                del pending[position]  # committed earlier (here, by the feed or elsewhere)
+            if event.position <= tracked:
                 session.rollback()
-                raise
-            finally:
-                session.close()
-            for done in batch:
-                del pending[done.position]
+                return 0
+            while tracked + 1 + len(batch) in pending:
+                batch.append(pending[tracked + 1 + len(batch)])
             if batch:
-                self.turn.applied_from_deliveries += len(batch)
-                self.announce(changes)
-            if event.position not in pending:
-                return len(batch)
-            tracked += len(batch)
-            logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
-            applied = self._apply(self._read_feed(tracked, up_to=event.position))
-            pending.pop(event.position, None)
-            self.turn.applied_from_deliveries += applied
-            return len(batch) + applied
+                store.apply_events(session, batch, tracked, changes=changes, rows=rows)
+                session.commit()
+            else:
+                session.rollback()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+        for done in batch:
+            del pending[done.position]
+        announced.extend(changes)
+        self.turn.applied_from_deliveries += len(batch)
+        if event.position not in pending:
+            return len(batch)
+        tracked += len(batch)
+        logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
+        applied = self._apply(self._read_feed(tracked, up_to=event.position), announced)
+        pending.pop(event.position, None)
+        self.turn.applied_from_deliveries += applied
+        return len(batch) + applied
 
     def catch_up(self) -> int:
         """Apply what the feed has past the tracked position, batch by batch, until a batch
@@ -150,12 +161,15 @@ class Projector:
         what deliveries are about to bring."""
         applied = 0
         while True:
+            announced: list = []
             with self.turn.lock:
                 events = self._read_feed(self._tracked())
                 if events:
-                    applied += self._apply(events)
-                if len(events) < FEED_BATCH:
-                    return applied
+                    applied += self._apply(events, announced)
+            if announced:
+                self.announce(announced)
+            if len(events) < FEED_BATCH:
+                return applied
 
     def check(self) -> int:
         """The periodic look at the feed, for a lost event that no later delivery reveals

@@ -1,6 +1,7 @@
 """The notifications nameko service: entry points only; the work is in projector and store."""
 import logging
 
+from nameko.constants import NON_PERSISTENT
 from nameko.events import EventDispatcher, event_handler
 from nameko.extensions import DependencyProvider
 from nameko.timer import Timer
@@ -80,7 +81,10 @@ class NotificationsService:
 
     db = Database("NOTIFICATIONS_DATABASE_URL")
     messages = RpcProxy("messages")
-    dispatch = EventDispatcher()
+    # NotificationChanged is a hint to the gateways (a lost one only means they ask the
+    # service until their cached entry expires), so it is published without waiting for
+    # a confirm and is not persisted: the publish is off the projection's critical path.
+    dispatch = EventDispatcher(use_confirms=False, delivery_mode=NON_PERSISTENT)
     projector = ProjectorProvider()
 
     def _on_event(self, payload):

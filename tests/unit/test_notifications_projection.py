@@ -181,6 +181,35 @@ def test_catching_up_does_not_chase_a_moving_head(notifications_db):
     assert live_rows(notifications_db)[1] == 10
 
 
+def test_rows_read_while_waiting_for_the_lock_are_read_again(notifications_db, notifications_db_url):
+    # One statement locks the tracking row and reads the rows; its snapshot predates the
+    # wait, so what the other consumer committed meanwhile must not be lost.
+    if not notifications_db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time (BEGIN IMMEDIATE): no snapshot to go stale")
+    log = Log(make_log(SPEC))
+    Projector(notifications_db, log.feed).handle(log.events[0])  # user 1 has 1 unread
+    key = (1, UNREAD_MESSAGE_COUNT)
+    first = notifications_db()
+    tracked, rows = store.lock_and_load(first, [key])
+    assert (tracked, rows[key].data) == (1, 1)
+
+    def second_consumer():
+        session = notifications_db()
+        try:
+            return store.lock_and_load(session, [key])
+        finally:
+            session.rollback()
+            session.close()
+
+    waiting = eventlet.spawn(second_consumer)
+    eventlet.sleep(0.2)  # it has taken its snapshot and waits for the lock
+    store.apply_events(first, log.events[1:3], tracked)  # position 2 is another message to user 1
+    first.commit()
+    first.close()
+    tracked, rows = waiting.wait()
+    assert (tracked, rows[key].data) == (3, 2)
+
+
 def test_a_consumer_killed_mid_stream_resumes_where_it_committed(notifications_db):
     log = Log(make_log(SPEC))
     first = Projector(notifications_db, log.feed)
