@@ -94,7 +94,12 @@ def latency(args):
                 worker.wait()
             elapsed = time.perf_counter() - began
             done[0] = True
-            watcher_thread.wait()
+            try:
+                with eventlet.Timeout(30):
+                    watcher_thread.wait()
+            except eventlet.Timeout:
+                raise SystemExit(f"the projection never showed the expected counts for users {sorted(waiting)}: "
+                                 "a correctness bug, not a slow run") from None
             dispose(watcher)
             endpoint = []
             for r in recipients * 10:

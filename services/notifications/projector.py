@@ -122,15 +122,17 @@ class Projector:
         changes: list = []
         batch: list[Event] = []
         try:
-            keys = [key for waiting in pending.values() for key in keys_of(waiting)]
-            tracked, rows = store.lock_and_load(session, keys)
+            # The batch comes from what is pending now: deliveries that arrive while the
+            # database answers touch rows this read does not cover; the next batch has them.
+            candidates = dict(pending)
+            tracked, rows = store.lock_and_load(session, [k for e in candidates.values() for k in keys_of(e)])
             for position in [p for p in pending if p <= tracked]:
                 del pending[position]  # committed earlier (here, by the feed or elsewhere)
             if event.position <= tracked:
                 session.rollback()
                 return 0
-            while tracked + 1 + len(batch) in pending:
-                batch.append(pending[tracked + 1 + len(batch)])
+            while tracked + 1 + len(batch) in candidates:
+                batch.append(candidates[tracked + 1 + len(batch)])
             if batch:
                 store.apply_events(session, batch, tracked, changes=changes, rows=rows)
                 session.commit()

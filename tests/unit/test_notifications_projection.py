@@ -283,6 +283,28 @@ def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications
     assert turn.pending == {}
 
 
+def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(notifications_db, monkeypatch):
+    # The batch is taken from what was pending when its rows were read: an event that
+    # arrives during the read touches rows the batch did not load.
+    spec = [("sent" if i % 5 else "read", 1 + i % 3, 4) for i in range(40)]
+    log = Log(make_log(spec))
+    read_rows = store.lock_and_load
+
+    def slow_read(session, keys, *args, **kwargs):
+        result = read_rows(session, keys, *args, **kwargs)
+        eventlet.sleep(0.005)  # deliveries keep arriving meanwhile
+        return result
+
+    monkeypatch.setattr(store, "lock_and_load", slow_read)
+    turn = Turn(eventlet.semaphore.Semaphore())
+    workers = []
+    for event in log.events:
+        workers.append(eventlet.spawn(Projector(notifications_db, log.feed, turn=turn).handle, event))
+        eventlet.sleep(0.002)
+    assert sum(worker.wait() for worker in workers) == len(spec)
+    assert live_rows(notifications_db) == (fold(log.events), len(spec))
+
+
 def test_a_failed_batch_is_left_for_the_next_caller_and_nothing_is_lost(notifications_db):
     log = Log(make_log(SPEC))
     make_session, commits = _counting_commits(notifications_db, fail_first=1)
