@@ -117,6 +117,63 @@ def _serve_gateway(host: str, port: int) -> None:
         _fail(str(exc))
 
 
+def _name_from_pid1() -> str | None:
+    """The deployable that PID 1 serves (``microblog serve <name>``), in a container."""
+    try:
+        with open("/proc/1/cmdline", "rb") as cmdline:
+            args = [a.decode(errors="replace") for a in cmdline.read().split(b"\0")]
+    except OSError:
+        return None
+    if "serve" in args and args.index("serve") + 1 < len(args):
+        name = args[args.index("serve") + 1]
+        return name if name in DEPLOYABLES else None
+    return None
+
+
+@main.command()
+@click.argument("name", type=click.Choice(DEPLOYABLES), required=False)
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait for the answer")
+def health(name, timeout):
+    """Exit 0 if a deployable answers: a service's ``health`` RPC through the broker (it
+    checks its database), or the gateway's /healthz. Without NAME, the one this
+    container's main process serves (the image's HEALTHCHECK)."""
+    name = name or _name_from_pid1()
+    if name is None:
+        _fail("which one? give a name: " + ", ".join(DEPLOYABLES))
+    if name == "gateway":
+        import urllib.request
+
+        port = int(os.environ.get("PORT", "5000"))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as response:
+                ok = response.status == 200
+        except OSError as exc:
+            click.echo(f"gateway: unhealthy ({exc})", err=True)
+            sys.exit(1)
+    else:
+        import eventlet
+
+        eventlet.monkey_patch()
+        from deploy.registry import SERVICES
+        from kernel.rpc_pool import RpcPool, ServiceUnavailable
+        from kernel.settings import SettingsError
+
+        try:
+            config = SERVICES[name].nameko_config()
+        except SettingsError as exc:
+            _fail(str(exc))
+        pool = RpcPool({"AMQP_URI": config["AMQP_URI"]}, size=1, timeout=timeout, acquire_timeout=timeout)
+        try:
+            ok = pool.call(name, "health").get("database") == "ok"
+        except (ServiceUnavailable, Exception) as exc:  # any failure is "unhealthy", said plainly
+            click.echo(f"{name}: unhealthy ({type(exc).__name__}: {exc})", err=True)
+            sys.exit(1)
+        finally:
+            pool.stop()
+    click.echo(f"{name}: {'healthy' if ok else 'unhealthy'}")
+    sys.exit(0 if ok else 1)
+
+
 @main.command()
 @click.argument("name", type=click.Choice(SERVICE_NAMES + ("all",)))
 def migrate(name):

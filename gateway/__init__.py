@@ -84,4 +84,11 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     app.context_processor(navbar_context)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
+
+    @app.get("/healthz")
+    def healthz():
+        # The process answers HTTP (the container's healthcheck). Deliberately not a check
+        # of the services: a gateway restarted for a service's outage would fix nothing.
+        return {"status": "ok"}
+
     return app

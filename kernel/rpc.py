@@ -19,6 +19,12 @@ replayed after a restart would run with nobody to tell, and be retried by a call
 was told it failed. Events (the outbox relay) stay persistent: they are the state.
 ``RpcProxy`` (between services) and ``ClusterRpcProxy`` (the gateway's pool, the CLI) here
 publish requests that way.
+
+And a request expires (AMQP per-message TTL) when its caller stops waiting: its timeout
+for ``ClusterRpcProxy``, ``kernel.calls.DEFAULT_TIMEOUT`` between services. Without that,
+a request to a service that is down waits in the service's durable queue; the caller is
+told "unavailable", and the service runs the request when it comes back: a message the
+sender was told had failed would be sent after all.
 """
 from nameko import rpc as nameko_rpc
 from nameko.amqp.publish import Publisher
@@ -31,6 +37,8 @@ from nameko.constants import (
     SERIALIZER_CONFIG_KEY,
 )
 from nameko.standalone import rpc as standalone_rpc
+
+from kernel.calls import DEFAULT_TIMEOUT
 
 TRANSIENT = {"delivery_mode": NON_PERSISTENT}
 
@@ -69,22 +77,28 @@ rpc = Rpc.decorator
 
 
 class RpcProxy(nameko_rpc.RpcProxy):
-    """nameko's ``RpcProxy`` dependency, publishing its requests transient."""
+    """nameko's ``RpcProxy`` dependency; requests transient, expiring after ``expiration`` s."""
 
-    def __init__(self, target_service, **options):
-        super().__init__(target_service, **{**TRANSIENT, **options})
+    def __init__(self, target_service, expiration: float = DEFAULT_TIMEOUT, **options):
+        super().__init__(target_service, **{**TRANSIENT, "expiration": expiration, **options})
 
 
 class _ClusterProxy(standalone_rpc.ClusterProxy):
+    def __init__(self, worker_ctx, reply_listener, options: dict):
+        super().__init__(worker_ctx, reply_listener)
+        self._options = options
+
     def __getattr__(self, name):
         if name not in self._proxies:
-            self._proxies[name] = nameko_rpc.ServiceProxy(self._worker_ctx, name, self._reply_listener, **TRANSIENT)
+            self._proxies[name] = nameko_rpc.ServiceProxy(self._worker_ctx, name, self._reply_listener,
+                                                          **self._options)
         return self._proxies[name]
 
 
 class ClusterRpcProxy(standalone_rpc.ClusterRpcProxy):
-    """nameko's standalone ``ClusterRpcProxy``, publishing its requests transient."""
+    """nameko's standalone ``ClusterRpcProxy``; requests transient, expiring with ``timeout``."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._proxy = _ClusterProxy(self._worker_ctx, self._reply_listener)
+    def __init__(self, config, context_data=None, timeout=None, **kwargs):
+        super().__init__(config, context_data, timeout, **kwargs)
+        options = dict(TRANSIENT, expiration=timeout) if timeout else dict(TRANSIENT)
+        self._proxy = _ClusterProxy(self._worker_ctx, self._reply_listener, options)

@@ -2,6 +2,7 @@
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
+from kernel.health import HealthCheck
 from kernel.errors import ValidationFailed
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands, inbox, log
@@ -10,7 +11,7 @@ from services.messages.relay import Outbox
 KNOWN_USERS: set[int] = set()
 
 
-class MessagesService:
+class MessagesService(HealthCheck):
     name = "messages"
 
     db = Database("MESSAGES_DATABASE_URL")

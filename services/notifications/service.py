@@ -8,6 +8,7 @@ from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
+from kernel.health import HealthCheck
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.rpc import RpcProxy, rpc
@@ -76,7 +77,7 @@ def _valid_user_id(user_id) -> int:
     return user_id
 
 
-class NotificationsService:
+class NotificationsService(HealthCheck):
     name = "notifications"
 
     db = Database("NOTIFICATIONS_DATABASE_URL")

@@ -3,6 +3,7 @@ from eventlet import tpool
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.db import Database
+from kernel.health import HealthCheck
 from kernel.rpc import rpc
 from services.users import accounts
 
@@ -17,7 +18,7 @@ def _check_off_loop(password_hash: str, password: str) -> bool:
     return tpool.execute(check_password_hash, password_hash, password)
 
 
-class UsersService:
+class UsersService(HealthCheck):
     name = "users"
 
     db = Database("USERS_DATABASE_URL")

@@ -1,6 +1,6 @@
 """What kernel/rpc.py promises, observed on a real RabbitMQ: RPC requests (from the
-gateway's pool and from one service to another) and replies travel transient, and
-replies still reach their caller."""
+gateway's pool and from one service to another) and replies travel transient, requests
+expire when their caller stops waiting, and replies still reach their caller."""
 import json
 import uuid
 
@@ -9,6 +9,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 from nameko.constants import NON_PERSISTENT
 
+from kernel.calls import DEFAULT_TIMEOUT
 from kernel.rpc import RpcProxy, rpc
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
 
@@ -55,17 +56,42 @@ def _get(broker, queue: Queue):
     return message
 
 
-def test_the_pools_requests_are_transient(config, broker):
+def _wait_for(broker, queue: Queue, seconds=3.0):
+    for _ in range(int(seconds / 0.05)):
+        message = queue(broker.default_channel).get(no_ack=True)
+        if message is not None:
+            return message
+        eventlet.sleep(0.05)
+    raise AssertionError("nothing arrived on " + queue.name)
+
+
+def test_the_pools_requests_are_transient_and_expire_with_its_timeout(config, broker):
+    queue = _probe_queue(broker)
+    pool = RpcPool(config, size=1, timeout=2)
+    try:
+        caller = eventlet.spawn(pool.probe.ping)
+        request = _wait_for(broker, queue)  # read while the caller still waits
+        with pytest.raises(ServiceUnavailable):  # nobody answers the probe
+            caller.wait()
+    finally:
+        pool.stop()
+    assert request.properties["delivery_mode"] == NON_PERSISTENT
+    assert request.properties["expiration"] == "2000"
+    assert json.loads(request.body) == {"args": [], "kwargs": {}}
+
+
+def test_a_request_nobody_took_in_time_is_gone_when_the_service_comes_back(config, broker):
+    # The service is down (its queue exists, nobody consumes): the caller is told it is
+    # unavailable, so the request must not run later.
     queue = _probe_queue(broker)
     pool = RpcPool(config, size=1, timeout=1)
     try:
-        with pytest.raises(ServiceUnavailable):  # nobody answers the probe
+        with pytest.raises(ServiceUnavailable):
             pool.probe.ping()
     finally:
         pool.stop()
-    request = _get(broker, queue)
-    assert request.properties["delivery_mode"] == NON_PERSISTENT
-    assert json.loads(request.body) == {"args": [], "kwargs": {}}
+    eventlet.sleep(0.2)
+    assert queue(broker.default_channel).get(no_ack=True) is None
 
 
 def test_requests_between_services_are_transient(config, broker, container_factory):
@@ -79,6 +105,7 @@ def test_requests_between_services_are_transient(config, broker, container_facto
         pool.stop()
     request = _get(broker, queue)
     assert request.properties["delivery_mode"] == NON_PERSISTENT
+    assert request.properties["expiration"] == str(int(DEFAULT_TIMEOUT * 1000))
 
 
 def test_replies_are_transient_and_arrive(config, broker, container_factory):
