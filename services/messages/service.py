@@ -2,8 +2,8 @@
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
-from kernel.health import HealthCheck
 from kernel.errors import ValidationFailed
+from kernel.health import HealthCheck
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands, inbox, log
 from services.messages.relay import Outbox

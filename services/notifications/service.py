@@ -8,9 +8,9 @@ from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
-from kernel.health import HealthCheck
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
+from kernel.health import HealthCheck
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
