@@ -1,7 +1,7 @@
 """Routes of the main blueprint."""
-from datetime import datetime, timedelta
-
 import math
+import time
+from datetime import datetime, timedelta
 
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _
@@ -14,6 +14,7 @@ from gateway.rpc import services
 from gateway.session_user import SessionUser
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
+from kernel.rpc_pool import ServiceUnavailable
 
 # The tutorial writes last_seen on every request; once a minute says the same for a
 # fraction of the writes.
@@ -100,7 +101,8 @@ def _page_argument() -> int:
 @login_required
 def messages():
     page = _page_argument()
-    services().messages.mark_inbox_read(current_user.id)
+    read = services().messages.mark_inbox_read(current_user.id)
+    _await_projection(read["position"])
     inbox = services().messages.inbox(current_user.id, page)
     if page > inbox["pages"]:
         abort(404)
@@ -113,6 +115,24 @@ def messages():
     return render_template(
         "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url
     )
+
+
+# How long the Messages page waits for the notifications projection to apply the
+# InboxRead it just appended (it usually takes milliseconds).
+READ_YOUR_WRITES_WAIT = 1.0
+
+
+def _await_projection(position: int) -> None:
+    """Read your own writes: the page's badge (and the first poll after it) come from the
+    notifications projection, which applies the InboxRead just appended a moment later.
+    Without this wait, opening Messages could show the old count until the next poll.
+    Bounded: past the wait, or with the service down, the page renders anyway."""
+    deadline = time.monotonic() + READ_YOUR_WRITES_WAIT
+    try:
+        while services().notifications.position() < position and time.monotonic() < deadline:
+            time.sleep(0.005)
+    except ServiceUnavailable:
+        current_app.logger.warning("notifications service unavailable; the badge may lag")
 
 
 @bp.route("/notifications")
