@@ -88,10 +88,21 @@ def append_in_one_statement(connection, event: Event, projection_sql: str, proje
 _LOG = LoggedEvent.__table__
 
 
+def _payload(row) -> dict:
+    return {
+        "event_type": row.event_type,
+        "version": row.version,
+        "event_id": row.event_id,
+        "position": row.position,
+        "occurred_at": as_utc(row.occurred_at).isoformat(),
+        "data": json.loads(row.data),
+    }
+
+
 def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX) -> list[dict]:
     """Like ``read_after``, as the dicts ``Event.to_dict`` makes, straight from the rows
     (a Core query: the relay and the feed read every event, so this path stays lean).
-    ``position`` may also be a scalar subquery (the relay's locked counter)."""
+    ``position`` may also be a scalar subquery."""
     limit = max(1, min(int(limit), FEED_BATCH_MAX))
     rows = session.execute(
         select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)
@@ -99,17 +110,28 @@ def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX)
         .order_by(_LOG.c.position)
         .limit(limit)
     )
-    return [
-        {
-            "event_type": row.event_type,
-            "version": row.version,
-            "event_id": row.event_id,
-            "position": row.position,
-            "occurred_at": as_utc(row.occurred_at).isoformat(),
-            "data": json.loads(row.data),
-        }
-        for row in rows
-    ]
+    return [_payload(row) for row in rows]
+
+
+def lock_published_and_read(session: Session, limit: int) -> list[dict] | None:
+    """For the outbox relay, in one round trip: lock the ``published`` counter row and
+    read the events after it, oldest first. ``None`` if another relay holds the row
+    (PostgreSQL, ``FOR UPDATE SKIP LOCKED``), ``[]`` if there is nothing to publish: the
+    relay must tell the two apart, or an event whose wake-up found the row taken could
+    wait a whole poll interval. On SQLite (one writer) the row is simply read."""
+    published = select(Counter.position.label("published")).where(Counter.name == "published")
+    if session.get_bind().dialect.name != "postgresql":
+        return read_payloads_after(session, published.scalar_subquery(), limit)
+    locked = published.with_for_update(skip_locked=True).cte("published_locked")
+    rows = session.execute(
+        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)
+        .select_from(locked.outerjoin(_LOG, _LOG.c.position > locked.c.published))
+        .order_by(_LOG.c.position)
+        .limit(max(1, int(limit)))
+    ).all()
+    if not rows:
+        return None  # the CTE found the row locked: it returned nothing to join
+    return [_payload(row) for row in rows if row.position is not None]
 
 
 def read_after(session: Session, position: int, limit: int = FEED_BATCH_MAX) -> list[Event]:

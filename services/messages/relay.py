@@ -18,7 +18,7 @@ from typing import Callable
 import eventlet
 from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from services.messages import log
 from services.messages.models import Counter
@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 RELAY_BATCH = 500
 MAX_BACKOFF = 5.0
+BUSY_RETRY = 0.01  # seconds before looking again when another relay held the turn
 
 
 class OutboxRelay:
@@ -40,6 +41,7 @@ class OutboxRelay:
         self.linger = linger
         self._signal = Signal()
         self._running = False
+        self.skipped = False  # the last round found the ``published`` row held by another relay
 
     def relay_pending(self) -> int:
         """Publish one batch of unpublished events in order; returns how many went out.
@@ -51,12 +53,9 @@ class OutboxRelay:
         """
         session = self.make_session()
         try:
-            # One round trip locks the ``published`` row and reads what follows it. If
-            # another relay holds the row, the subquery is NULL and nothing is read.
-            published = select(Counter.position).where(Counter.name == "published")
-            if session.get_bind().dialect.name == "postgresql":
-                published = published.with_for_update(skip_locked=True)
-            payloads = log.read_payloads_after(session, published.scalar_subquery(), RELAY_BATCH)
+            # One round trip locks the ``published`` row and reads what follows it.
+            payloads = log.lock_published_and_read(session, RELAY_BATCH)
+            self.skipped = payloads is None  # another relay holds the row: try again soon
             if not payloads:
                 session.rollback()
                 return 0
@@ -91,6 +90,11 @@ class OutboxRelay:
                 eventlet.sleep(delay)
                 continue
             failures = 0
+            if self.skipped:
+                # Another instance's relay held the row: it may have read the log before
+                # our event committed. Look again shortly rather than after poll_interval.
+                eventlet.sleep(BUSY_RETRY)
+                continue
             with eventlet.Timeout(self.poll_interval, False):
                 self._signal.wait()
             self._signal = Signal()

@@ -148,3 +148,31 @@ def test_two_relays_on_one_log_publish_each_event_once_in_order(messages_db):
     for worker in workers:
         worker.wait()
     assert published == list(range(1, total + 1))
+
+
+def test_a_relay_that_found_the_turn_taken_looks_again_soon(messages_db, messages_db_url):
+    # Two instances: relay B holds the ``published`` row (publishing its own batch, which
+    # it read before our event committed) when relay A is woken for our event. A must not
+    # wait a whole poll interval for the next look.
+    if not messages_db_url.startswith("postgresql"):
+        pytest.skip("SQLite: one process, one relay; there is no other instance to skip")
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker, poll_interval=30)
+    holder = make_session()
+    holder.execute(select(Counter.position).where(Counter.name == "published").with_for_update())
+    runner = eventlet.spawn(relay.run_forever)
+    try:
+        send(make_session, 1, 2, "while the other relay is busy")
+        relay.wake()
+        eventlet.sleep(0.2)
+        assert broker.published == [] and relay.skipped  # the row is taken: nothing read
+        holder.rollback()  # the other relay's round ends (its empty read came before our commit)
+        with eventlet.Timeout(2):  # not poll_interval (30 s)
+            while broker.published != [1]:
+                eventlet.sleep(0.01)
+        assert published_counter(make_session) == 1
+    finally:
+        holder.close()
+        relay.stop()
+        runner.wait()
