@@ -27,7 +27,7 @@ def tracked_position(session: Session, lock: bool = False, projection: str = PRO
     """The last applied position. ``lock=True`` holds the tracking row until commit, which
     is what makes two consumers take turns (SQLite: BEGIN IMMEDIATE does the same)."""
     query = select(Tracking.position).where(Tracking.projection == projection)
-    if lock and session.get_bind().dialect.name == "postgresql":
+    if lock and _postgres(session):
         query = query.with_for_update()
     position = session.scalar(query)
     if position is None:
@@ -43,7 +43,7 @@ def load_rows(session: Session, keys: Iterable[Key], table: Table = LIVE) -> dic
     result = session.execute(
         select(table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp).where(
             tuple_(table.c.user_id, table.c.name).in_(keys)
-            if session.get_bind().dialect.name == "postgresql"
+            if _postgres(session)
             else or_(*(and_(table.c.user_id == u, table.c.name == n) for u, n in keys))
         )
     )
@@ -66,7 +66,8 @@ def lock_and_load(session: Session, keys: Iterable[Key], table: Table = LIVE,
     returns the tracking row's version (``xmin``) as the snapshot saw it and as it was
     locked; every change to the rows moves the tracking row in the same transaction, so
     equal versions mean the rows are current. Otherwise they are read again, now under
-    the lock (tested with two consumers in tests/service/test_notifications_service.py).
+    the lock (tests/unit/test_notifications_projection.py,
+    ``test_rows_read_while_waiting_for_the_lock_are_read_again``).
     """
     keys = list(set(keys))
     if not _postgres(session):
