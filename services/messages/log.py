@@ -113,25 +113,56 @@ def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX)
     return [_payload(row) for row in rows]
 
 
-def lock_published_and_read(session: Session, limit: int) -> list[dict] | None:
-    """For the outbox relay, in one round trip: lock the ``published`` counter row and
-    read the events after it, oldest first. ``None`` if another relay holds the row
-    (PostgreSQL, ``FOR UPDATE SKIP LOCKED``), ``[]`` if there is nothing to publish: the
-    relay must tell the two apart, or an event whose wake-up found the row taken could
-    wait a whole poll interval. On SQLite (one writer) the row is simply read."""
-    published = select(Counter.position.label("published")).where(Counter.name == "published")
-    if session.get_bind().dialect.name != "postgresql":
-        return read_payloads_after(session, published.scalar_subquery(), limit)
-    locked = published.with_for_update(skip_locked=True).cte("published_locked")
-    rows = session.execute(
-        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)
-        .select_from(locked.outerjoin(_LOG, _LOG.c.position > locked.c.published))
-        .order_by(_LOG.c.position)
-        .limit(max(1, int(limit)))
-    ).all()
+def read_unpublished(session: Session, limit: int) -> list[dict]:
+    """For the outbox relay on SQLite (one writer, so nothing to lock): the events after
+    the ``published`` counter, oldest first. PostgreSQL uses ``begin_relay_round``."""
+    published = select(Counter.position).where(Counter.name == "published").scalar_subquery()
+    return read_payloads_after(session, published, limit)
+
+
+# PostgreSQL: the relay's round as one transaction in two round trips instead of four. On a
+# connection in autocommit mode psycopg2 sends no BEGIN of its own (a round trip of its
+# own otherwise); here BEGIN rides with the locking read and COMMIT with the counter update.
+_BEGIN_LOCK_AND_READ = text("""BEGIN;
+WITH published_locked AS (
+    SELECT position AS published FROM counters WHERE name = 'published' FOR UPDATE SKIP LOCKED
+)
+SELECT event_log.position, event_log.event_id, event_log.event_type, event_log.version,
+       event_log.occurred_at, event_log.data
+FROM published_locked LEFT OUTER JOIN event_log ON event_log.position > published_locked.published
+ORDER BY event_log.position
+LIMIT :limit""")
+_RECORD_AND_COMMIT = text("UPDATE counters SET position = :position WHERE name = 'published'; COMMIT")
+
+
+def begin_relay_round(connection, limit: int) -> list[dict] | None:
+    """On an autocommit ``connection``: open a transaction, lock the ``published`` counter
+    row and read the events after it, oldest first. ``None`` if another relay holds the
+    row (``FOR UPDATE SKIP LOCKED``), ``[]`` if there is nothing to publish: the relay
+    must tell the two apart, or an event whose wake-up found the row taken could wait a
+    whole poll interval. Whatever it returns, end the transaction with ``end_relay_round``
+    or ``abort_relay_round``."""
+    rows = connection.execute(_BEGIN_LOCK_AND_READ, {"limit": max(1, int(limit))}).all()
     if not rows:
-        return None  # the CTE found the row locked: it returned nothing to join
+        return None  # the row is held by another relay
     return [_payload(row) for row in rows if row.position is not None]
+
+
+def end_relay_round(connection, position: int) -> None:
+    """Record ``position`` as published and commit the round."""
+    connection.execute(_RECORD_AND_COMMIT, {"position": position})
+
+
+def abort_relay_round(connection) -> None:
+    """Roll the round back. The pool does not reset these connections (they are autocommit),
+    so one whose rollback fails is discarded rather than returned holding the row lock."""
+    try:
+        connection.exec_driver_sql("ROLLBACK")
+    except Exception:  # the connection is broken: the server ends the transaction with it
+        connection.invalidate()
+    except BaseException:
+        connection.invalidate()
+        raise
 
 
 def read_after(session: Session, position: int, limit: int = FEED_BATCH_MAX) -> list[Event]:

@@ -20,6 +20,7 @@ from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
 from sqlalchemy import update
 
+from kernel.db import autocommit_engine_for
 from services.messages import log
 from services.messages.models import Counter
 
@@ -53,15 +54,17 @@ class OutboxRelay:
         """
         session = self.make_session()
         try:
-            # One round trip locks the ``published`` row and reads what follows it.
-            payloads = log.lock_published_and_read(session, RELAY_BATCH)
-            self.skipped = payloads is None  # another relay holds the row: try again soon
+            engine = session.get_bind()
+            if engine.dialect.name == "postgresql":
+                with autocommit_engine_for(engine).connect() as connection:
+                    return self._relay_round_on_postgres(connection)
+            # SQLite (one process, one connection): a plain transaction.
+            payloads = log.read_unpublished(session, RELAY_BATCH)
+            self.skipped = False
             if not payloads:
                 session.rollback()
                 return 0
-            for payload in payloads:
-                self.publisher.publish(payload)
-            self.publisher.flush()
+            self._publish(payloads)
             session.execute(
                 update(Counter).where(Counter.name == "published").values(position=payloads[-1]["position"])
             )
@@ -69,6 +72,28 @@ class OutboxRelay:
             return len(payloads)
         finally:
             session.close()
+
+    def _relay_round_on_postgres(self, connection) -> int:
+        # One round trip locks the ``published`` row and reads what follows it; one more
+        # records progress and commits (log.begin_relay_round).
+        ended = False
+        try:
+            payloads = log.begin_relay_round(connection, RELAY_BATCH)
+            self.skipped = payloads is None  # another relay holds the row: try again soon
+            if not payloads:
+                return 0
+            self._publish(payloads)
+            log.end_relay_round(connection, payloads[-1]["position"])
+            ended = True
+            return len(payloads)
+        finally:
+            if not ended:
+                log.abort_relay_round(connection)
+
+    def _publish(self, payloads: list[dict]) -> None:
+        for payload in payloads:
+            self.publisher.publish(payload)
+        self.publisher.flush()
 
     def wake(self) -> None:
         if not self._signal.ready():
@@ -79,7 +104,9 @@ class OutboxRelay:
         failures = 0
         while self._running:
             try:
-                while self._running and self.relay_pending():
+                # A short batch was everything committed when it was read; whatever commits
+                # later has woken the signal, so there is no need for another (empty) round.
+                while self._running and self.relay_pending() >= RELAY_BATCH:
                     pass
             except Exception as exc:
                 # Back off whatever wakes us meanwhile: hammering a broker that is down

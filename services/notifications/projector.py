@@ -16,6 +16,7 @@ import contextlib
 import logging
 from typing import Callable
 
+from kernel.db import autocommit_engine_for
 from kernel.events import Event
 from services.notifications import store
 from services.notifications.projection import keys_of
@@ -118,31 +119,13 @@ class Projector:
         pending = self.turn.pending
         if event.position not in pending:
             return 0  # a batch of another caller's committed it
-        session = self.make_session()
+        # The batch comes from what is pending now: deliveries that arrive while the
+        # database answers touch rows this read does not cover; the next batch has them.
+        candidates = dict(pending)
         changes: list = []
-        batch: list[Event] = []
-        try:
-            # The batch comes from what is pending now: deliveries that arrive while the
-            # database answers touch rows this read does not cover; the next batch has them.
-            candidates = dict(pending)
-            tracked, rows = store.lock_and_load(session, [k for e in candidates.values() for k in keys_of(e)])
-            for position in [p for p in pending if p <= tracked]:
-                del pending[position]  # committed earlier (here, by the feed or elsewhere)
-            if event.position <= tracked:
-                session.rollback()
-                return 0
-            while tracked + 1 + len(batch) in candidates:
-                batch.append(candidates[tracked + 1 + len(batch)])
-            if batch:
-                store.apply_events(session, batch, tracked, changes=changes, rows=rows)
-                session.commit()
-            else:
-                session.rollback()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        tracked, batch = self._commit_run(candidates, changes)
+        for position in [p for p in pending if p <= tracked]:
+            del pending[position]  # committed earlier (here, by the feed or elsewhere)
         for done in batch:
             del pending[done.position]
         announced.extend(changes)
@@ -155,6 +138,40 @@ class Projector:
         pending.pop(event.position, None)
         self.turn.applied_from_deliveries += applied
         return len(batch) + applied
+
+    def _commit_run(self, candidates: dict[int, Event], changes: list) -> tuple[int, list[Event]]:
+        """Commit the run of ``candidates`` that follows the tracked position. Returns the
+        tracked position it followed and the run (empty if the next event is not among
+        them); the rows written are added to ``changes``."""
+        keys = [k for e in candidates.values() for k in keys_of(e)]
+        session = self.make_session()
+        try:
+            engine = session.get_bind()
+            if store.is_postgres(engine):
+                # Optimistic: read without a lock, write if nobody moved the tracking row
+                # meanwhile (store.read_current); if somebody did, read again.
+                with autocommit_engine_for(engine).connect() as connection:
+                    while (current := store.read_current(connection, keys)) is not None:
+                        tracked, version, rows = current
+                        batch = _run_after(tracked, candidates)
+                        if not batch:
+                            return tracked, []
+                        position, changed = store.fold(batch, tracked, rows)
+                        if store.save_if_current(connection, changed, position, version):
+                            changes.extend(changed.values())
+                            return tracked, batch
+            # SQLite (one writer: BEGIN IMMEDIATE), or no tracking row yet.
+            tracked, rows = store.lock_and_load(session, keys)
+            batch = _run_after(tracked, candidates)
+            if batch:
+                store.apply_events(session, batch, tracked, changes=changes, rows=rows)
+                session.commit()
+            return tracked, batch
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
 
     def catch_up(self) -> int:
         """Apply what the feed has past the tracked position, batch by batch, until a batch
@@ -181,3 +198,11 @@ class Projector:
         if self.turn.take_activity():
             return 0
         return self.catch_up()
+
+
+def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:
+    """The consecutive events from position ``tracked + 1`` on."""
+    run: list[Event] = []
+    while tracked + 1 + len(run) in events:
+        run.append(events[tracked + 1 + len(run)])
+    return run

@@ -1,10 +1,11 @@
 """Reading and writing the projection: rows and tracking row in one transaction."""
 from __future__ import annotations
 
+import functools
 import json
 from typing import Iterable
 
-from sqlalchemy import Table, and_, false, insert, literal_column, or_, select, tuple_, update
+from sqlalchemy import Connection, Table, and_, false, insert, literal_column, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -51,7 +52,11 @@ def load_rows(session: Session, keys: Iterable[Key], table: Table = LIVE) -> dic
 
 
 def _postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+    return is_postgres(session.get_bind())
+
+
+def is_postgres(bind) -> bool:
+    return bind.dialect.name == "postgresql"
 
 
 def lock_and_load(session: Session, keys: Iterable[Key], table: Table = LIVE,
@@ -129,22 +134,101 @@ def apply_events(session: Session, events: list[Event], tracked: int, table: Tab
     events = [e for e in events if e.position > tracked]
     if not events:
         return tracked
-    keys = [key for event in events for key in keys_of(event)]
-    rows = dict(rows) if rows is not None else load_rows(session, keys, table)
-    existing = set(rows)
+    if rows is None:
+        rows = load_rows(session, [key for event in events for key in keys_of(event)], table)
+    position, changed = fold(events, tracked, rows)
+    save_rows(session, changed, set(rows), position, table, projection)
+    if changes is not None:
+        changes.extend(changed.values())
+    return position
+
+
+def fold(events: list[Event], tracked: int, rows: dict[Key, Row]) -> tuple[int, dict[Key, Row]]:
+    """The pure part of applying a contiguous run of events after ``tracked`` to the current
+    ``rows`` (which it does not modify): the new position and the rows that changed. A hole
+    raises ``Gap``."""
+    current = dict(rows)
     changed: dict[Key, Row] = {}
     position = tracked
     for event in events:
         if event.position != position + 1:
             raise Gap(position, event.position)
-        change = apply(rows, event)
-        rows.update(change)
+        change = apply(current, event)
+        current.update(change)
         changed.update(change)
         position = event.position
-    save_rows(session, changed, existing, position, table, projection)
-    if changes is not None:
-        changes.extend(changed.values())
-    return position
+    return position, changed
+
+
+# PostgreSQL's fast path (see ``read_current``): write the rows and move the tracking row
+# in one statement, in autocommit, only if the tracking row is still the version read.
+_SAVE_IF_CURRENT = """
+WITH moved AS (
+    UPDATE tracking SET position = :position
+    WHERE projection = :projection AND xmin::text = :version
+    RETURNING position
+), upserted AS (
+    INSERT INTO {table} (user_id, name, payload_json, timestamp)
+    SELECT * FROM unnest(CAST(:user_ids AS integer[]), CAST(:names AS varchar[]),
+                         CAST(:payloads AS text[]), CAST(:timestamps AS double precision[]))
+    WHERE EXISTS (SELECT 1 FROM moved)
+    ON CONFLICT (user_id, name) DO UPDATE SET payload_json = excluded.payload_json, timestamp = excluded.timestamp
+)
+SELECT count(*) FROM moved
+"""
+
+
+@functools.lru_cache(maxsize=4)
+def _save_if_current_statement(table_name: str):
+    return text(_SAVE_IF_CURRENT.format(table=table_name))
+
+
+def read_current(connection: Connection, keys: Iterable[Key], table: Table = LIVE,
+                 projection: str = PROJECTION) -> tuple[int, str, dict[Key, Row]] | None:
+    """PostgreSQL, without taking a lock: the tracked position, the tracking row's version
+    (``xmin``) and the current rows of ``keys``, in one statement, so from one snapshot.
+    ``None`` when there is no tracking row yet.
+
+    With ``save_if_current`` this is optimistic concurrency: two round trips and no
+    transaction to open or close (``BEGIN``, lock-and-read, write, ``COMMIT`` is four), for
+    the one consumer that is normally alone on the tracking row. Every change to the rows
+    moves the tracking row in the same transaction (deliveries, the feed, the replay's
+    swap), so an unchanged version means the rows read are still the rows.
+    """
+    keys = list(set(keys))
+    version = literal_column("tracking.xmin::text")
+    now = (select(Tracking.position.label("tracked"), version.label("version"))
+           .where(Tracking.projection == projection).cte("tracking_now"))
+    matches = tuple_(table.c.user_id, table.c.name).in_(keys) if keys else false()
+    result = connection.execute(
+        select(now.c.tracked, now.c.version, table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp)
+        .select_from(now.outerjoin(table, matches))
+    ).all()
+    if not result:
+        return None
+    rows = {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp)
+            for r in result if r.user_id is not None}
+    return result[0].tracked, result[0].version, rows
+
+
+def save_if_current(connection: Connection, rows: dict[Key, Row], position: int, version: str,
+                    table: Table = LIVE, projection: str = PROJECTION) -> bool:
+    """Write ``rows`` and move the tracking row to ``position``, in one statement on an
+    autocommit ``connection``, if the tracking row is still at ``version`` (as
+    ``read_current`` returned it); ``False``, writing nothing, if another consumer or the
+    replay's swap changed it since. A concurrent writer holding the row makes this wait,
+    then PostgreSQL re-checks the condition against the row it committed."""
+    values = list(rows.values())
+    moved = connection.execute(_save_if_current_statement(table.name), {
+        "position": position,
+        "projection": projection,
+        "version": version,
+        "user_ids": [row.user_id for row in values],
+        "names": [row.name for row in values],
+        "payloads": [json.dumps(row.data) for row in values],
+        "timestamps": [float(row.timestamp) for row in values],
+    }).scalar_one()
+    return moved == 1
 
 
 def since(session: Session, user_id: int, timestamp: float) -> list[dict]:

@@ -8,8 +8,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kernel.events import InboxRead, MessageSent
+from sqlalchemy import update
+
 from services.notifications import store
-from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold
+from services.notifications.models import PROJECTION, Tracking
+from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold, keys_of
 from services.notifications.projector import Projector, Turn
 
 USERS = [1, 2, 3]
@@ -210,6 +213,96 @@ def test_rows_read_while_waiting_for_the_lock_are_read_again(notifications_db, n
     assert (tracked, rows[key].data) == (3, 2)
 
 
+def _postgres_only(url):
+    if not url.startswith("postgresql"):
+        pytest.skip("the optimistic write is PostgreSQL's; SQLite has one writer at a time (BEGIN IMMEDIATE)")
+
+
+def _read_then_fold(engine, events):
+    """What a consumer does before its write: read, then fold ``events`` onto what it read."""
+    from kernel.db import autocommit_engine_for
+
+    connection = autocommit_engine_for(engine).connect()
+    tracked, version, rows = store.read_current(connection, [k for e in events for k in keys_of(e)])
+    position, changed = store.fold(events, tracked, rows)
+    return connection, changed, position, version
+
+
+def test_a_write_is_refused_once_the_tracking_row_has_moved(notifications_db, notifications_db_url):
+    _postgres_only(notifications_db_url)
+    log = Log(make_log(SPEC))
+    Projector(notifications_db, log.feed).handle(log.events[0])  # user 1 has 1 unread
+    engine = notifications_db.kw["bind"]
+    connection, changed, position, version = _read_then_fold(engine, [log.events[1]])
+    Projector(notifications_db, log.feed).handle(log.events[1])  # another consumer, first
+    assert store.save_if_current(connection, changed, position, version) is False
+    assert live_rows(notifications_db) == (fold(log.events[:2]), 2)  # not counted twice
+
+    # The replay's swap may leave the position as it was: the version still changes.
+    connection, changed, position, version = _read_then_fold(engine, [log.events[2]])
+    session = notifications_db()
+    store.tracked_position(session, lock=True)
+    session.execute(update(Tracking).where(Tracking.projection == PROJECTION).values(position=2))
+    session.commit()
+    session.close()
+    assert store.save_if_current(connection, changed, position, version) is False
+    assert store.save_if_current(connection, {}, 2, version) is False
+    assert live_rows(notifications_db) == (fold(log.events[:2]), 2)
+    connection, changed, position, version = _read_then_fold(engine, [log.events[2]])
+    assert store.save_if_current(connection, changed, position, version) is True
+    assert live_rows(notifications_db) == (fold(log.events[:3]), 3)
+    connection.close()
+
+
+def test_a_write_that_waited_for_the_row_lock_is_refused_if_the_holder_moved_it(notifications_db, notifications_db_url):
+    # The write blocks on the tracking row's lock; when the holder commits, PostgreSQL
+    # re-checks the version condition against the new row and the write does nothing.
+    _postgres_only(notifications_db_url)
+    log = Log(make_log(SPEC))
+    Projector(notifications_db, log.feed).handle(log.events[0])
+    connection, changed, position, version = _read_then_fold(notifications_db.kw["bind"], [log.events[1]])
+    holder = notifications_db()
+    tracked, rows = store.lock_and_load(holder, [(1, UNREAD_MESSAGE_COUNT)])
+    store.apply_events(holder, log.events[1:3], tracked, rows=rows)
+    waiting = eventlet.spawn(store.save_if_current, connection, changed, position, version)
+    eventlet.sleep(0.2)
+    assert not waiting.dead  # it waits for the lock
+    holder.commit()
+    holder.close()
+    assert waiting.wait() is False
+    assert live_rows(notifications_db) == (fold(log.events[:3]), 3)
+    connection.close()
+
+
+def test_a_consumer_that_lost_the_race_reads_again_and_applies_the_rest(notifications_db, notifications_db_url,
+                                                                         monkeypatch):
+    _postgres_only(notifications_db_url)
+    log = Log(make_log(SPEC))
+    other = Projector(notifications_db, log.feed)  # another instance: its own turn
+    real_save, attempts, racing = store.save_if_current, [], []
+
+    def racing_save(*args, **kwargs):
+        if racing:  # the other instance's own writes
+            return real_save(*args, **kwargs)
+        attempts.append(1)
+        if len(attempts) == 1:  # between our read and our write, the other instance commits 1..3
+            racing.append(1)
+            for event in log.events[:3]:
+                other.handle(event)
+            racing.clear()
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(store, "save_if_current", racing_save)
+    turn = Turn(eventlet.semaphore.Semaphore())
+    with turn.lock:
+        workers = [eventlet.spawn(Projector(notifications_db, log.feed, turn=turn).handle, e) for e in log.events[:5]]
+        eventlet.sleep(0.01)
+    assert sum(worker.wait() for worker in workers) == 2  # 4 and 5; 1..3 were the other's
+    assert len(attempts) == 2  # refused once, then read again
+    assert live_rows(notifications_db) == (fold(log.events[:5]), 5)
+    assert turn.pending == {}
+
+
 def test_a_consumer_killed_mid_stream_resumes_where_it_committed(notifications_db):
     log = Log(make_log(SPEC))
     first = Projector(notifications_db, log.feed)
@@ -246,30 +339,35 @@ def test_two_consumers_at_once_apply_each_event_once(notifications_db):
     assert live_rows(notifications_db) == (fold(log.events), len(spec))
 
 
-def _counting_commits(make_session, fail_first: int = 0):
-    """``make_session`` whose sessions record each commit; the first ``fail_first`` fail."""
-    commits, failures = [], [fail_first]
+def _counting_writes(make_session, monkeypatch, fail_first: int = 0):
+    """``make_session`` whose sessions record each commit, with PostgreSQL's one-statement
+    write (``store.save_if_current``, in autocommit) recorded the same way; the first
+    ``fail_first`` of them fail."""
+    writes, failures = [], [fail_first]
 
-    def make():
-        session = make_session()
-        real_commit = session.commit
-
-        def commit():
+    def recorded(write):
+        def wrapped(*args, **kwargs):
             if failures[0]:
                 failures[0] -= 1
                 raise ConnectionError("database went away")
-            real_commit()
-            commits.append(1)
+            result = write(*args, **kwargs)
+            writes.append(1)
+            return result
+        return wrapped
 
-        session.commit = commit
+    monkeypatch.setattr(store, "save_if_current", recorded(store.save_if_current))
+
+    def make():
+        session = make_session()
+        session.commit = recorded(session.commit)
         return session
 
-    return make, commits
+    return make, writes
 
 
-def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications_db):
+def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications_db, monkeypatch):
     log = Log(make_log(SPEC))
-    make_session, commits = _counting_commits(notifications_db)
+    make_session, writes = _counting_writes(notifications_db, monkeypatch)
     turn = Turn(eventlet.semaphore.Semaphore())
     projectors = [Projector(make_session, log.feed, turn=turn) for _ in range(3)]  # one per worker
     with turn.lock:  # busy applying something else while the deliveries arrive, as under load
@@ -278,7 +376,7 @@ def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications
         eventlet.sleep(0.01)
     applied = [worker.wait() for worker in workers]
     assert sum(applied) == len(SPEC)  # each event counted once, by the caller that applied it
-    assert len(commits) == 1
+    assert len(writes) == 1
     assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
     assert turn.pending == {}
 
@@ -288,14 +386,15 @@ def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(
     # arrives during the read touches rows the batch did not load.
     spec = [("sent" if i % 5 else "read", 1 + i % 3, 4) for i in range(40)]
     log = Log(make_log(spec))
-    read_rows = store.lock_and_load
+    def slowly(read):
+        def slow_read(session, keys, *args, **kwargs):
+            result = read(session, keys, *args, **kwargs)
+            eventlet.sleep(0.005)  # deliveries keep arriving meanwhile
+            return result
+        return slow_read
 
-    def slow_read(session, keys, *args, **kwargs):
-        result = read_rows(session, keys, *args, **kwargs)
-        eventlet.sleep(0.005)  # deliveries keep arriving meanwhile
-        return result
-
-    monkeypatch.setattr(store, "lock_and_load", slow_read)
+    monkeypatch.setattr(store, "lock_and_load", slowly(store.lock_and_load))  # SQLite
+    monkeypatch.setattr(store, "read_current", slowly(store.read_current))  # PostgreSQL
     turn = Turn(eventlet.semaphore.Semaphore())
     workers = []
     for event in log.events:
@@ -305,9 +404,9 @@ def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(
     assert live_rows(notifications_db) == (fold(log.events), len(spec))
 
 
-def test_a_failed_batch_is_left_for_the_next_caller_and_nothing_is_lost(notifications_db):
+def test_a_failed_batch_is_left_for_the_next_caller_and_nothing_is_lost(notifications_db, monkeypatch):
     log = Log(make_log(SPEC))
-    make_session, commits = _counting_commits(notifications_db, fail_first=1)
+    make_session, _writes = _counting_writes(notifications_db, monkeypatch, fail_first=1)
     turn = Turn(eventlet.semaphore.Semaphore())
     projectors = [Projector(make_session, log.feed, turn=turn) for _ in range(3)]  # one per worker
     with turn.lock:

@@ -176,3 +176,81 @@ def test_a_relay_that_found_the_turn_taken_looks_again_soon(messages_db, message
         holder.close()
         relay.stop()
         runner.wait()
+
+
+def test_a_relay_round_never_leaves_a_transaction_open(messages_db, messages_db_url):
+    # On PostgreSQL a round is a transaction opened and closed by hand on an autocommit
+    # connection (two round trips instead of four). The pool does not reset those
+    # connections, so every way out of a round must end it, or the ``published`` row
+    # would stay locked and no relay could publish again.
+    if not messages_db_url.startswith("postgresql"):
+        pytest.skip("SQLite: a plain session transaction")
+    from sqlalchemy import text
+
+    _, make_session = messages_db
+
+    def open_transactions():
+        session = make_session()
+        try:
+            return session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                       " AND state LIKE 'idle in transaction%'"))
+        finally:
+            session.close()
+
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker)
+    assert relay.relay_pending() == 0  # nothing to publish
+    send(make_session, 1, 2, "hello")
+    broker.down = True
+    with pytest.raises(ConnectionError):
+        relay.relay_pending()  # the publish fails
+    assert open_transactions() == 0
+    holder = make_session()
+    holder.execute(select(Counter.position).where(Counter.name == "published").with_for_update(nowait=True))
+    assert relay.relay_pending() == 0 and relay.skipped  # another relay holds the row
+    holder.rollback()
+    holder.close()
+    assert open_transactions() == 0
+    broker.down = False
+    assert relay.relay_pending() == 1
+    assert open_transactions() == 0
+    assert (broker.published, published_counter(make_session)) == ([1], 1)
+
+
+def test_an_event_committed_during_a_round_goes_out_without_an_empty_round_first(messages_db):
+    # After a short batch the relay waits for the next wake-up instead of reading the log
+    # again at once; an event committed while the round ran has woken it already.
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    relay = OutboxRelay(make_session, broker, poll_interval=30)
+    rounds = []
+    real_round = relay.relay_pending
+
+    def counted_round():
+        rounds.append(1)
+        return real_round()
+
+    relay.relay_pending = counted_round
+    real_publish = broker.publish
+
+    def publish_and_send_another(payload):
+        real_publish(payload)
+        if broker.published == [1]:
+            eventlet.spawn(sender)  # (SQLite: it commits once the round gives back the connection)
+
+    def sender():
+        send(make_session, 1, 2, "sent while the relay was publishing")
+        relay.wake()  # the command commits, then wakes the relay
+
+    broker.publish = publish_and_send_another
+    send(make_session, 1, 2, "first")
+    runner = eventlet.spawn(relay.run_forever)  # its first round publishes "first"
+    try:
+        with eventlet.Timeout(2):  # not poll_interval (30 s)
+            while broker.published != [1, 2]:
+                eventlet.sleep(0.01)
+        eventlet.sleep(0.1)
+        assert len(rounds) == 2  # one per batch, no empty round after each
+    finally:
+        relay.stop()
+        runner.wait()
