@@ -2,7 +2,9 @@
 and fills any gap from the messages feed.
 
 The broker is the fast wake-up; the feed is what makes it correct. Every change commits
-with the tracking row (the last applied position), under that row's lock:
+with the tracking row (the last applied position), and only if that row is as it was
+read: on PostgreSQL a delivery's write checks the row's version (``store.read_current``),
+otherwise the row is read under its lock:
 
 * an event at or below the tracked position is a duplicate: acknowledged, no effect;
 * the next expected event is applied;
