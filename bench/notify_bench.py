@@ -65,10 +65,11 @@ def latency(args):
             waiting = {}  # recipient -> list of (expected count, began)
             latencies = []
             done = [False]
-            heard = []  # (user_id, when) in arrival order
+            heard = []  # (user_id, row timestamp announced, when) in arrival order
 
             def on_changed(body, message):
-                heard.append((Event.from_dict(body).user_id, time.perf_counter()))
+                changed = Event.from_dict(body)
+                heard.append((changed.user_id, changed.timestamp, time.perf_counter()))
                 message.ack()
 
             def listen():
@@ -87,13 +88,19 @@ def latency(args):
                 with watcher.connect() as connection:
                     while not done[0] or waiting:
                         while heard:
-                            user_id, when = heard.pop(0)
+                            user_id, announced, when = heard.pop(0)
                             if user_id not in waiting:
                                 continue
-                            payload = connection.execute(
-                                text("SELECT payload_json FROM notifications WHERE user_id = :id"
-                                     " AND name = 'unread_message_count'"), {"id": user_id}).scalar()
+                            row = connection.execute(
+                                text("SELECT payload_json, timestamp FROM notifications WHERE user_id = :id"
+                                     " AND name = 'unread_message_count'"), {"id": user_id}).one_or_none()
                             connection.commit()
+                            if row is not None and row.timestamp > announced:
+                                # A later change committed since this broadcast: its count is
+                                # not what this broadcast made visible. That change's own
+                                # broadcast (later) will credit it, so this never flatters.
+                                continue
+                            payload = row.payload_json if row is not None else None
                             pending = waiting.get(user_id, [])
                             while payload is not None and pending and int(payload) >= pending[0][0]:
                                 latencies.append(when - pending.pop(0)[1])
@@ -105,9 +112,10 @@ def latency(args):
 
             def one(recipient, expected):
                 began = time.perf_counter()
+                # Waited for from the start: the broadcast may come before the reply does.
+                waiting.setdefault(recipient, []).append((expected, began))
                 pool.messages.send_message(sender, recipient, "benchmark")
                 send_latencies.append(time.perf_counter() - began)
-                waiting.setdefault(recipient, []).append((expected, began))
 
             listening = eventlet.Event()
             listener_thread = eventlet.spawn(listen)
