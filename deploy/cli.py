@@ -47,13 +47,28 @@ def run(host, port, data_dir):
         poll_interval = env_float("POLL_INTERVAL", 10.0, minimum=0.05)
     except SettingsError as exc:
         _fail(str(exc))
+    from greenlet import GreenletExit
+
     system = EmbeddedSystem(data_dir, poll_interval=poll_interval).start()
     click.echo(f"Microblog (embedded) is running on http://{host}:{port}/  (data in {system.data_dir}; Ctrl-C stops it)")
+    server = eventlet.spawn(system.serve, host, port)
+
+    def shutdown(signum, frame):
+        # A signal is handled in whichever green thread is running when it arrives, often
+        # one of the in-memory broker's pollers, not this one: a KeyboardInterrupt raised
+        # there kills that thread and leaves the server up. So the handler only schedules
+        # the stop; the server finishes the requests in flight, then everything stops.
+        # A second Ctrl-C quits at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        eventlet.spawn_n(server.kill)
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
     try:
-        system.serve(host, port)
+        server.wait()
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc}")
-    except KeyboardInterrupt:
+    except GreenletExit:
         pass
     finally:
         system.stop()
