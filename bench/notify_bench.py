@@ -38,7 +38,7 @@ def _env(amqp_uri, urls):
 
 def latency(args):
     with vhost() as amqp_uri, databases(*ALL) as urls, tempfile.TemporaryDirectory() as logs:
-        with services(list(ALL), _env(amqp_uri, urls), Path(logs)):
+        with services(list(ALL) + ["notifications"] * (args.instances - 1), _env(amqp_uri, urls), Path(logs)):
             pool = RpcPool({"AMQP_URI": amqp_uri}, size=32, timeout=30)
             sender = pool.users.register("sender", "sender@example.com", PASSWORD)["id"]
             recipients = [pool.users.register(f"r{i}", f"r{i}@example.com", PASSWORD)["id"] for i in range(args.recipients)]
@@ -152,7 +152,7 @@ def latency(args):
                 endpoint.append(time.perf_counter() - t)
             pool.stop()
     print(f"sends:               {args.sends} at {args.rate}/s target ({args.sends / elapsed:.0f}/s achieved), "
-          f"{args.recipients} recipients")
+          f"{args.recipients} recipients, {args.instances} notifications service processes")
     print(f"send-to-visible p50: {percentile(latencies, 0.50) * 1000:.1f} ms")
     print(f"send-to-visible p99: {percentile(latencies, 0.99) * 1000:.1f} ms")
     print(f"of which the send itself (until committed): p50 {percentile(send_latencies, 0.50) * 1000:.1f} ms, "
@@ -259,6 +259,7 @@ def main():
     p.add_argument("--sends", type=int, default=2000)
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--recipients", type=int, default=20)
+    p.add_argument("--instances", type=int, default=1, help="notifications service processes (scale-out)")
     p.set_defaults(run=latency)
     p = sub.add_parser("replay")
     p.add_argument("--events", type=int, default=1_000_000)

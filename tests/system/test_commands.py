@@ -35,7 +35,12 @@ def start(args, env, log_path):
 def stop(process, sig=signal.SIGTERM, timeout=20) -> int:
     if process.poll() is None:
         os.killpg(process.pid, sig)
-    return process.wait(timeout=timeout)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # fail the test, but leave nothing running behind it
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
 
 
 def wait_for_http(url, process, log_path, timeout=30):

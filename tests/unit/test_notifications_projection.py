@@ -1,5 +1,6 @@
 """The notifications projection: the pure apply step, then the store and projector on
 SQLite and PostgreSQL under duplicated, reordered and lost deliveries."""
+import time
 from datetime import datetime, timedelta, timezone
 
 import eventlet
@@ -13,7 +14,7 @@ from sqlalchemy import update
 from services.notifications import store
 from services.notifications.models import PROJECTION, Tracking
 from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold, keys_of
-from services.notifications.projector import Projector, Turn
+from services.notifications.projector import GAP_WAITS, Projector, Turn
 
 USERS = [1, 2, 3]
 START = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -140,6 +141,54 @@ def test_out_of_order_delivery_fills_the_gap_from_the_feed(notifications_db):
     applied = [projector.handle(event) for event in events]
     assert applied[2] == 4  # 3, 4, 5 and 6 from the feed
     assert live_rows(notifications_db) == (fold(log.events), len(SPEC))
+
+
+def _counting_feed(log):
+    calls = []
+
+    def feed(after, limit):
+        calls.append(after)
+        return log.feed(after, limit)
+
+    return feed, calls
+
+
+def test_a_gap_that_a_late_delivery_fills_is_not_read_from_the_feed(notifications_db):
+    # Position 2 arrives before 1 (the two event types have their own queues): it waits a
+    # little, out of the turn, and 1's batch takes it too.
+    log = Log(make_log(SPEC))
+    feed, calls = _counting_feed(log)
+    turn = Turn(eventlet.semaphore.Semaphore())
+    second = eventlet.spawn(Projector(notifications_db, feed, turn=turn).handle, log.events[1])
+    eventlet.sleep(0.003)
+    assert Projector(notifications_db, feed, turn=turn).handle(log.events[0]) == 2
+    assert second.wait() == 0  # applied by the other delivery's batch
+    assert calls == []
+    assert live_rows(notifications_db) == (fold(log.events[:2]), 2)
+
+
+def test_a_gap_that_another_instance_fills_is_not_read_from_the_feed(notifications_db):
+    # Two instances share a queue, so each gets every other event: the one that gets 2
+    # waits for the other to apply 1 rather than reading the feed for it.
+    log = Log(make_log(SPEC))
+    feed, calls = _counting_feed(log)
+    waiting = eventlet.spawn(Projector(notifications_db, feed).handle, log.events[1])
+    eventlet.sleep(0.003)
+    assert Projector(notifications_db, feed).handle(log.events[0]) == 1  # the other instance
+    assert waiting.wait() == 1
+    assert calls == []
+    assert live_rows(notifications_db) == (fold(log.events[:2]), 2)
+
+
+def test_a_gap_nobody_fills_is_read_from_the_feed_after_a_short_wait(notifications_db):
+    log = Log(make_log(SPEC))
+    feed, calls = _counting_feed(log)
+    began = time.monotonic()
+    assert Projector(notifications_db, feed).handle(log.events[2]) == 3
+    waited = time.monotonic() - began
+    assert calls == [0]
+    assert sum(GAP_WAITS) <= waited < 1.0  # looked again a few times, then read the feed
+    assert live_rows(notifications_db) == (fold(log.events[:3]), 3)
 
 
 def test_events_lost_between_broker_and_consumer_are_recovered(notifications_db):
