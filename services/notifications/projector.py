@@ -115,7 +115,7 @@ class Projector:
         each of ``gap_waits`` (about 60 ms in all): the missing events are normally applied
         meanwhile, by another delivery here (whose batch then takes this event too) or by
         the other instance. Reading the feed for every such gap (one RPC each, in the turn)
-        made two instances at 100 events/s fall seconds behind. The feed is read outside
+        made two instances at 100 events/s fall up to 2 s behind. The feed is read outside
         any transaction, so no database lock (or SQLite's one connection) is held while
         waiting for the messages service.
         """
