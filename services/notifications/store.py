@@ -48,7 +48,14 @@ def load_rows(session: Session, keys: Iterable[Key], table: Table = LIVE) -> dic
             else or_(*(and_(table.c.user_id == u, table.c.name == n) for u, n in keys))
         )
     )
-    return {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp) for r in result}
+    return _rows(result)
+
+
+def _rows(result) -> dict[Key, Row]:
+    """Rows by key from a result with user_id, name, payload_json and timestamp; a row
+    without a user_id (an outer join that matched nothing) is skipped."""
+    return {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp)
+            for r in result if r.user_id is not None}
 
 
 def _postgres(session: Session) -> bool:
@@ -91,8 +98,7 @@ def lock_and_load(session: Session, keys: Iterable[Key], table: Table = LIVE,
         return tracked_position(session, lock=True, projection=projection), load_rows(session, keys, table)
     if result[0].locked_version != result[0].seen_version:
         return result[0].tracked, load_rows(session, keys, table)
-    rows = {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp)
-            for r in result if r.user_id is not None}
+    rows = _rows(result)
     return result[0].tracked, rows
 
 
@@ -221,8 +227,7 @@ def read_current(connection: Connection, keys: Iterable[Key], table: Table = LIV
     }).all()
     if not result:
         return None
-    rows = {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp)
-            for r in result if r.user_id is not None}
+    rows = _rows(result)
     return result[0].tracked, result[0].version, rows
 
 
@@ -257,4 +262,4 @@ def since(session: Session, user_id: int, timestamp: float) -> list[dict]:
 
 def all_rows(session: Session, table: Table = LIVE) -> dict[Key, Row]:
     result = session.execute(select(table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp))
-    return {(r.user_id, r.name): Row(r.user_id, r.name, json.loads(r.payload_json), r.timestamp) for r in result}
+    return _rows(result)
