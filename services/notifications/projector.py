@@ -73,22 +73,17 @@ class Projector:
         return [e for e in events if up_to is None or e.position <= up_to]
 
     def _apply(self, events: list[Event], announced: list) -> int:
-        """Apply ``events`` (a contiguous run read from the feed) under the tracking row's
-        lock; those another consumer applied meanwhile are skipped. The rows changed are
-        added to ``announced`` once committed, for the caller to announce after its turn."""
-        session = self.make_session()
+        """Apply ``events`` (a contiguous run read from the feed) as one batch, the way
+        deliveries are applied (``_commit_run``); those another consumer applied meanwhile
+        are skipped. The rows changed are added to ``announced`` once committed, for the
+        caller to announce after its turn. Returns how many this call applied."""
         changes: list = []
-        try:
-            tracked, rows = store.lock_and_load(session, [k for e in events for k in keys_of(e)])
-            new_position = store.apply_events(session, events, tracked, changes=changes, rows=rows)
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        tracked, batch = self._commit_run({event.position: event for event in events}, changes)
+        reached = tracked + len(batch)
+        if events and reached < events[-1].position:  # the run has a hole, or starts past the tracked position
+            raise store.Gap(reached, min(e.position for e in events if e.position > reached))
         announced.extend(changes)
-        return new_position - tracked
+        return len(batch)
 
     def _tracked(self) -> int:
         session = self.make_session()

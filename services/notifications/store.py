@@ -5,7 +5,7 @@ import functools
 import json
 from typing import Iterable
 
-from sqlalchemy import Connection, Table, and_, false, insert, literal_column, or_, select, text, tuple_, update
+from sqlalchemy import Connection, Table, and_, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -68,38 +68,12 @@ def is_postgres(bind) -> bool:
 
 def lock_and_load(session: Session, keys: Iterable[Key], table: Table = LIVE,
                   projection: str = PROJECTION) -> tuple[int, dict[Key, Row]]:
-    """``tracked_position(lock=True)`` and ``load_rows(keys)``; on PostgreSQL usually in
-    one round trip, which matters because each delivery's transaction holds the process's
-    turn while it waits on the database.
-
-    The catch: one statement reads the rows from its snapshot, taken before it waited for
-    the lock, so if another consumer committed meanwhile the rows are stale (the locked
-    tracking row itself is re-read at its latest version). The statement therefore also
-    returns the tracking row's version (``xmin``) as the snapshot saw it and as it was
-    locked; every change to the rows moves the tracking row in the same transaction, so
-    equal versions mean the rows are current. Otherwise they are read again, now under
-    the lock (tests/unit/test_notifications_projection.py,
-    ``test_rows_read_while_waiting_for_the_lock_are_read_again``).
-    """
-    keys = list(set(keys))
-    if not _postgres(session):
-        return tracked_position(session, lock=True, projection=projection), load_rows(session, keys, table)
-    version = literal_column("tracking.xmin::text")
-    locked = (select(Tracking.position.label("tracked"), version.label("locked_version"))
-              .where(Tracking.projection == projection).with_for_update().cte("tracking_locked"))
-    seen = select(version).where(Tracking.projection == projection).scalar_subquery()
-    matches = tuple_(table.c.user_id, table.c.name).in_(keys) if keys else false()
-    result = session.execute(
-        select(locked.c.tracked, locked.c.locked_version, seen.label("seen_version"),
-               table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp)
-        .select_from(locked.outerjoin(table, matches))
-    ).all()
-    if not result:  # no tracking row yet
-        return tracked_position(session, lock=True, projection=projection), load_rows(session, keys, table)
-    if result[0].locked_version != result[0].seen_version:
-        return result[0].tracked, load_rows(session, keys, table)
-    rows = _rows(result)
-    return result[0].tracked, rows
+    """``tracked_position(lock=True)``, then ``load_rows(keys)`` under that lock, so the
+    rows are the ones as of the tracked position. For SQLite and for the first write of a
+    PostgreSQL projection (no tracking row yet); PostgreSQL otherwise uses
+    ``read_current`` and ``save_if_current``."""
+    tracked = tracked_position(session, lock=True, projection=projection)
+    return tracked, load_rows(session, keys, table)
 
 
 def save_rows(session: Session, rows: dict[Key, Row], existing: set[Key], position: int, table: Table = LIVE,

@@ -234,8 +234,9 @@ def test_catching_up_does_not_chase_a_moving_head(notifications_db):
 
 
 def test_rows_read_while_waiting_for_the_lock_are_read_again(notifications_db, notifications_db_url):
-    # One statement locks the tracking row and reads the rows; its snapshot predates the
-    # wait, so what the other consumer committed meanwhile must not be lost.
+    # The locked path (SQLite, and PostgreSQL's first write) reads the rows only once it
+    # holds the tracking row's lock, so what another consumer committed while this one
+    # waited is not lost.
     if not notifications_db_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer at a time (BEGIN IMMEDIATE): no snapshot to go stale")
     log = Log(make_log(SPEC))
