@@ -1,0 +1,133 @@
+"""The real system as separate processes (``microblog serve ...``), for fault tests: each
+service and the gateway in its own process group, so a test can kill -9 one, restart it,
+and point any of them at a ``TcpProxy`` instead of the real broker or database."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import PASSWORD
+from tests.system.test_commands import MICROBLOG, free_port, start, stop
+
+CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+SERVICES = ("users", "messages", "notifications")
+DATABASE_KEYS = {name: f"{name.upper()}_DATABASE_URL" for name in SERVICES}
+
+
+class Cluster:
+    """``env`` is shared by every process; ``per_process`` adds to (or overrides) it for one
+    (e.g. only notifications' database URL through a proxy)."""
+
+    def __init__(self, tmp_path: Path, env: dict, per_process: dict | None = None):
+        self.tmp_path = Path(tmp_path)
+        self.port = free_port()
+        self.env = {"SECRET_KEY": "fault-test-secret", "PORT": str(self.port), "FEED_CHECK_INTERVAL": "0.5",
+                    "GATEWAY_ACCESS_LOG": "", **env}
+        self.per_process = per_process or {}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.starts: dict[str, int] = {}
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def env_of(self, name: str) -> dict:
+        return {**self.env, **self.per_process.get(name, {})}
+
+    def log_of(self, name: str) -> Path:
+        return self.tmp_path / f"{name}.{self.starts.get(name, 0)}.log"
+
+    def launch(self, name: str, wait: bool = True) -> subprocess.Popen:
+        self.starts[name] = self.starts.get(name, 0) + 1
+        args = ["serve", name] + (["--host", "127.0.0.1"] if name == "gateway" else [])
+        self.processes[name] = start(args, self.env_of(name), self.log_of(name))
+        if wait:
+            self.wait_healthy(name)
+        return self.processes[name]
+
+    def start_all(self) -> "Cluster":
+        for name in SERVICES + ("gateway",):
+            self.launch(name)
+        return self
+
+    def wait_healthy(self, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            process = self.processes[name]
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited ({process.returncode}):\n{self.log_of(name).read_text()[-4000:]}")
+            if name == "gateway":
+                try:
+                    if requests.get(self.base + "/healthz", timeout=2).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
+            else:
+                result = subprocess.run([MICROBLOG, "health", name, "--timeout", "2"],
+                                        env={**os.environ, "PYTHONWARNINGS": "ignore", **self.env_of(name)},
+                                        capture_output=True, text=True, timeout=30)
+                if result.returncode == 0:
+                    return
+            if time.monotonic() > deadline:
+                pytest.fail(f"{name} never became healthy:\n{self.log_of(name).read_text()[-4000:]}")
+            time.sleep(0.3)
+
+    def kill9(self, name: str) -> None:
+        process = self.processes[name]
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def dead(self) -> list[str]:
+        """Names of processes that exited on their own."""
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+    def stop_all(self) -> dict[str, int]:
+        codes = {}
+        for name in reversed(list(self.processes)):
+            try:
+                codes[name] = stop(self.processes[name])
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+        return codes
+
+    # Browser-side helpers.
+
+    def sign_in(self, username: str) -> requests.Session:
+        session = requests.Session()
+        token = CSRF.search(session.get(self.base + "/auth/register").text).group(1)
+        response = session.post(self.base + "/auth/register", allow_redirects=False, data={
+            "csrf_token": token, "username": username, "email": f"{username}@example.com",
+            "password": PASSWORD, "password2": PASSWORD})
+        assert response.status_code == 302, response.text
+        token = CSRF.search(session.get(self.base + "/auth/login").text).group(1)
+        response = session.post(self.base + "/auth/login", allow_redirects=False, data={
+            "csrf_token": token, "username": username, "password": PASSWORD})
+        assert response.status_code == 302, response.text
+        return session
+
+    def send_form(self, session: requests.Session, recipient: str) -> dict:
+        """The fields of a fresh send form (CSRF token and whatever hidden fields it has)."""
+        page = session.get(self.base + f"/send_message/{recipient}", timeout=30)
+        assert page.status_code == 200, page.status_code
+        return dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"', page.text))
+
+    def unread(self, session: requests.Session) -> int:
+        rows = session.get(self.base + "/notifications?since=0", timeout=30).json()
+        return next((row["data"] for row in rows if row["name"] == "unread_message_count"), 0)
+
+    def wait_for_unread(self, session: requests.Session, expected: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        count = None
+        while time.monotonic() < deadline:
+            try:
+                count = self.unread(session)
+            except (requests.RequestException, ValueError):
+                count = None
+            if count == expected:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"unread count stayed {count}, expected {expected}")
