@@ -78,7 +78,7 @@ class TcpProxy:
                 while self._stalled.is_set():
                     time.sleep(0.01)
                 sink.sendall(data)
-        except OSError:
+        except (OSError, EOFError):  # eventlet raises EOFError when another thread closed it
             pass
         finally:
             for sock in (source, sink):
