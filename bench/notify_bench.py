@@ -7,12 +7,13 @@ in its own process:
 """
 from __future__ import annotations
 
+import uuid
+
 import eventlet
 
 eventlet.monkey_patch()
 
 import argparse  # noqa: E402
-import eventlet.queue  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import socket  # noqa: E402
@@ -21,6 +22,8 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+import eventlet.queue  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -43,7 +46,7 @@ def latency(args):
             sender = pool.users.register("sender", "sender@example.com", PASSWORD)["id"]
             recipients = [pool.users.register(f"r{i}", f"r{i}@example.com", PASSWORD)["id"] for i in range(args.recipients)]
             for r in recipients:  # warm up, then start every count from zero
-                pool.messages.send_message(sender, r, "warm-up")
+                pool.messages.send_message(sender, r, "warm-up", idempotency_key=uuid.uuid4().hex)
                 pool.messages.mark_inbox_read(r)
             time.sleep(1)
             # Visibility: the gateway shows a change once it hears the NotificationChanged
@@ -55,11 +58,10 @@ def latency(args):
             # puts no load on the services (a 1 ms poll of the table ran ~1000 queries/s on
             # the machine being measured).
             from kombu import Connection, Consumer, Exchange, Queue
-
-            from kernel.events import Event
             from sqlalchemy import text
 
             from kernel.db import create_db_engine, dispose
+            from kernel.events import Event
 
             watcher = create_db_engine(urls["notifications"], pool_size=1)
             sent = {r: 0 for r in recipients}
@@ -118,7 +120,7 @@ def latency(args):
                 began = time.perf_counter()
                 # Waited for from the start: the broadcast may come before the reply does.
                 waiting.setdefault(recipient, []).append((expected, began))
-                pool.messages.send_message(sender, recipient, "benchmark")
+                pool.messages.send_message(sender, recipient, "benchmark", idempotency_key=uuid.uuid4().hex)
                 send_latencies.append(time.perf_counter() - began)
 
             listening = eventlet.Event()

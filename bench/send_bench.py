@@ -5,6 +5,8 @@ p50/p99 send latency, on RabbitMQ + PostgreSQL with each service in its own proc
 """
 from __future__ import annotations
 
+import uuid
+
 import eventlet
 
 eventlet.monkey_patch()
@@ -38,7 +40,7 @@ def main():
             susan = pool.users.register("susan", "susan@example.com", "correct horse battery")
             john = pool.users.register("john", "john@example.com", "correct horse battery")
             for _ in range(50):  # warm up connections and workers
-                pool.messages.send_message(susan["id"], john["id"], "warm-up")
+                pool.messages.send_message(susan["id"], john["id"], "warm-up", idempotency_key=uuid.uuid4().hex)
             start_head = pool.messages.head()
 
             latencies = []
@@ -48,7 +50,7 @@ def main():
                 while remaining[0] > 0:
                     remaining[0] -= 1
                     began = time.perf_counter()
-                    pool.messages.send_message(susan["id"], john["id"], "benchmark message")
+                    pool.messages.send_message(susan["id"], john["id"], "benchmark message", idempotency_key=uuid.uuid4().hex)
                     latencies.append(time.perf_counter() - began)
 
             meter = CpuMeter({

@@ -7,10 +7,15 @@ nameko event type on the wire.
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
+
+# An idempotency key as a form or an RPC caller makes it: 8 to 64 letters, digits, "-" or
+# "_" (a UUID's hex or string form fits). The log stores it scoped to its actor.
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
 
 class EventContractError(ValueError):
@@ -34,13 +39,21 @@ def _parse_time(value: Any) -> datetime:
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """Fields every event carries. ``position`` is 0 until the log assigns one."""
+    """Fields every event carries. ``position`` is 0 until the log assigns one.
+
+    ``idempotency_key`` (envelope metadata, optional) names the user action that caused
+    the event, scoped to its actor ("<user id>:<key from the form or caller>"): the log
+    holds each key at most once, so a repeated command returns the first event instead of
+    appending a second. It travels in the payload only when set (readers that predate it
+    ignore it).
+    """
 
     version: ClassVar[int] = 1
 
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
     position: int = 0
     occurred_at: datetime = field(default_factory=_utcnow)
+    idempotency_key: str | None = None
 
     @classmethod
     def event_type(cls) -> str:
@@ -59,7 +72,7 @@ class Event:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        payload = {
             "event_type": self.event_type(),
             "version": self.version,
             "event_id": str(self.event_id),
@@ -67,6 +80,9 @@ class Event:
             "occurred_at": self.occurred_at.isoformat(),
             "data": self.event_data(),
         }
+        if self.idempotency_key is not None:
+            payload["idempotency_key"] = self.idempotency_key
+        return payload
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> "Event":
@@ -89,11 +105,15 @@ class Event:
             raise EventContractError(
                 f"{type_name} version {version!r} is not supported (this code reads version {event_cls.version})"
             )
+        key = payload.get("idempotency_key")
+        if key is not None and not isinstance(key, str):
+            raise EventContractError(f"idempotency_key must be a string, not {type(key).__name__}")
         try:
             return event_cls(
                 event_id=uuid.UUID(str(payload["event_id"])),
                 position=int(payload["position"]),
                 occurred_at=_parse_time(payload["occurred_at"]),
+                idempotency_key=key,
                 **payload["data"],
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """Forms of the main pages; field names are the tutorial's."""
 from flask_babel import lazy_gettext as _l
 from flask_wtf import FlaskForm
-from wtforms import StringField, SubmitField, TextAreaField
+from wtforms import HiddenField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 
@@ -13,4 +13,9 @@ class EditProfileForm(FlaskForm):
 
 class MessageForm(FlaskForm):
     message = TextAreaField(_l("Message"), validators=[DataRequired(), Length(max=140)])
+    # Made once when the form is shown and sent back with it: the messages service appends
+    # one MessageSent per key, so a form submitted twice (a retry after a 503 or a timeout,
+    # a double click, the back button) sends one message. Not one of the tutorial's fields:
+    # a client that leaves it out gets a fresh key per request.
+    idempotency_key = HiddenField()
     submit = SubmitField(_l("Submit"))

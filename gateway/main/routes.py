@@ -1,6 +1,7 @@
 """Routes of the main blueprint."""
 import math
 import time
+import uuid
 from datetime import datetime, timedelta
 
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
@@ -14,6 +15,7 @@ from gateway.rpc import services
 from gateway.session_user import SessionUser
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
+from kernel.events import IDEMPOTENCY_KEY_PATTERN
 from kernel.rpc_pool import ServiceUnavailable
 
 # The tutorial writes last_seen on every request; once a minute says the same for a
@@ -77,16 +79,25 @@ def edit_profile():
 def send_message(recipient):
     user = _profile_or_404(recipient)
     form = MessageForm()
+    key = form.idempotency_key.data
+    if key and not (isinstance(key, str) and IDEMPOTENCY_KEY_PATTERN.fullmatch(key)):
+        abort(400, description=_("The form is damaged. Please open it again."))
     if form.validate_on_submit():
         try:
-            services().messages.send_message(current_user.id, user["id"], form.message.data)
+            services().messages.send_message(current_user.id, user["id"], form.message.data,
+                                             idempotency_key=key or uuid.uuid4().hex)
         except RecipientNotFound:
             abort(404)
         except ValidationFailed as error:
             show_service_error(form, error)
+            # What is sent from this form now is another action: a new key (the old one
+            # may name a message already sent, if that is what the service refused).
+            key = None
         else:
             flash(_("Your message has been sent."))
             return redirect(url_for("main.user", username=user["username"]))
+    if not key:
+        form.idempotency_key.data = uuid.uuid4().hex
     return render_template("send_message.html", title=_("Send Message"), form=form, recipient=user["username"])
 
 

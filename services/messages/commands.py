@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from kernel.db import autocommit_engine_for
 from kernel.errors import RecipientNotFound, ValidationFailed
-from kernel.events import InboxRead, MessageSent
+from kernel.events import IDEMPOTENCY_KEY_PATTERN, InboxRead, MessageSent
 from services.messages import inbox, log
 
 MESSAGE_MAX = 140
@@ -31,31 +31,67 @@ def _user_id(value, what: str) -> int:
     return value
 
 
-def _commit_event(session: Session, event):
+def clean_key(key) -> str:
+    """An idempotency key as a form or caller gives it: 8 to 64 letters, digits, ``-``, ``_``
+    (a UUID's hex or string form fits)."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
+        raise ValidationFailed(
+            "idempotency_key must be 8 to 64 letters, digits, '-' or '_' (a UUID, made once per action).",
+            "idempotency_key",
+        )
+    return key
+
+
+def _commit_event(session: Session, event) -> dict:
+    """Append ``event`` (and update the read model) in one transaction; returns its payload.
+    If the log already holds an event with its idempotency key, returns that one instead
+    and changes nothing."""
     engine = session.get_bind()
     if engine.dialect.name == "postgresql":
         sql, params = inbox.apply_sql(event)
         with autocommit_engine_for(engine).connect() as connection:
-            return log.append_in_one_statement(connection, event, sql, params)
-    # SQLite (embedded): one connection, BEGIN IMMEDIATE; the plain transaction is as good.
+            placed = log.append_in_one_statement(connection, event, sql, params)
+        return placed if isinstance(placed, dict) else placed.to_dict()
+    # SQLite (embedded): one connection, BEGIN IMMEDIATE, so nobody appends the same key
+    # between the look-up and the append.
     try:
+        earlier = log.find_by_key(session, event.idempotency_key)
+        if earlier is not None:
+            session.rollback()
+            return earlier
         placed = log.append(session, event)
         inbox.apply(session, placed)
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return placed
+    return placed.to_dict()
 
 
-def send_message(session: Session, sender_id, recipient_id, body, recipient_exists: Callable[[int], bool]) -> dict:
+def _same_send(earlier: dict, sender_id: int, recipient_id: int, body: str) -> bool:
+    return earlier["event_type"] == MessageSent.__name__ and earlier["data"] == {
+        "sender_id": sender_id, "recipient_id": recipient_id, "body": body}
+
+
+def send_message(session: Session, sender_id, recipient_id, body, recipient_exists: Callable[[int], bool],
+                 idempotency_key: str | None = None) -> dict:
+    """Append MessageSent. With an ``idempotency_key`` (made once per user action, where the
+    user acted), the send happens once whatever is repeated: a redelivered request, a retry
+    after a timeout, a resubmitted form all return the first send's event. The same key
+    with a different message is refused rather than answered with the other message."""
     sender_id = _user_id(sender_id, "sender")
     body = clean_body(body)
+    scoped_key = f"{sender_id}:{clean_key(idempotency_key)}" if idempotency_key is not None else None
     if isinstance(recipient_id, bool) or not isinstance(recipient_id, int) or not recipient_exists(recipient_id):
         raise RecipientNotFound(f"No user with id {recipient_id!r} to send a message to.")
-    return _commit_event(session, MessageSent(sender_id=sender_id, recipient_id=recipient_id, body=body)).to_dict()
+    event = MessageSent(sender_id=sender_id, recipient_id=recipient_id, body=body, idempotency_key=scoped_key)
+    result = _commit_event(session, event)
+    if result["event_id"] != str(event.event_id) and not _same_send(result, sender_id, recipient_id, body):
+        raise ValidationFailed("This form was already used to send a different message. "
+                               "Please open the form again and resend.", "message")
+    return result
 
 
 def mark_inbox_read(session: Session, user_id) -> dict:
     user_id = _user_id(user_id, "user")
-    return _commit_event(session, InboxRead(user_id=user_id)).to_dict()
+    return _commit_event(session, InboxRead(user_id=user_id))

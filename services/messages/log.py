@@ -5,6 +5,7 @@ import functools
 import json
 
 from sqlalchemy import insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kernel.clock import as_utc
@@ -37,10 +38,23 @@ def append(session: Session, event: Event) -> Event:
                 "version": placed.version,
                 "occurred_at": placed.occurred_at,
                 "data": json.dumps(placed.event_data()),
+                "idempotency_key": placed.idempotency_key,
             }
         ],
     )
     return placed
+
+
+def find_by_key(session_or_connection, idempotency_key: str | None) -> dict | None:
+    """The logged event (as ``Event.to_dict`` makes it) that ``idempotency_key`` names, if any."""
+    if idempotency_key is None:
+        return None
+    row = session_or_connection.execute(
+        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at,
+               _LOG.c.data, _LOG.c.idempotency_key)
+        .where(_LOG.c.idempotency_key == idempotency_key)
+    ).first()
+    return _payload(row) if row is not None else None
 
 
 # PostgreSQL: take the next position, log the event and update the read model in ONE
@@ -48,17 +62,30 @@ def append(session: Session, event: Event) -> Event:
 # then held for the statement and its commit only, never across round trips to a busy
 # client: appends stay serialised (commit order = position order, no gaps) without a
 # convoy of senders queueing behind a lock holder that is waiting for the CPU.
+#
+# An event whose idempotency key is already in the log is not appended: the statement
+# returns the earlier event's position instead (``appended`` false), and nothing else
+# changes. Two statements racing with the same key both find none in their snapshot; the
+# second then waits for the ``log_head`` lock, and its insert fails on the unique index
+# once the first has committed (the whole statement, counter included, is undone):
+# ``append_in_one_statement`` answers that with the first event too.
 _APPEND_CTE = """
-WITH next AS (
-    UPDATE counters SET position = position + 1 WHERE name = 'log_head' RETURNING position
+WITH existing AS (
+    SELECT position FROM event_log WHERE idempotency_key = :idempotency_key
+), next AS (
+    UPDATE counters SET position = position + 1
+    WHERE name = 'log_head' AND NOT EXISTS (SELECT 1 FROM existing)
+    RETURNING position
 ), logged AS (
-    INSERT INTO event_log (position, event_id, event_type, version, occurred_at, data)
-    SELECT position, :event_id, :event_type, :version, :occurred_at, :data FROM next
+    INSERT INTO event_log (position, event_id, event_type, version, occurred_at, data, idempotency_key)
+    SELECT position, :event_id, :event_type, :version, :occurred_at, :data, :idempotency_key FROM next
     RETURNING position
 ), projected AS (
     {projection}
 )
-SELECT position FROM logged
+SELECT position, true AS appended FROM logged
+UNION ALL
+SELECT position, false AS appended FROM existing
 """
 
 
@@ -69,9 +96,12 @@ def _append_statement(projection_sql: str):
     return text(_APPEND_CTE.format(projection=projection_sql))
 
 
-def append_in_one_statement(connection, event: Event, projection_sql: str, projection_params: dict) -> Event:
+def append_in_one_statement(connection, event: Event, projection_sql: str, projection_params: dict) -> Event | dict:
     """Append ``event`` and run ``projection_sql`` (an INSERT that reads the new position
-    from the CTE ``logged``) atomically. ``connection`` must be in autocommit mode."""
+    from the CTE ``logged``) atomically. ``connection`` must be in autocommit mode.
+
+    Returns the placed event; or, if the log already holds an event with the same
+    idempotency key, that event's payload (a dict) and appends nothing."""
     statement = _append_statement(projection_sql)
     params = {
         "event_id": str(event.event_id),
@@ -79,17 +109,30 @@ def append_in_one_statement(connection, event: Event, projection_sql: str, proje
         "version": event.version,
         "occurred_at": event.occurred_at,
         "data": json.dumps(event.event_data()),
+        "idempotency_key": event.idempotency_key,
         **projection_params,
     }
-    position = connection.execute(statement, params).scalar_one()
+    try:
+        position, appended = connection.execute(statement, params).one()
+    except IntegrityError as error:
+        earlier = find_by_key(connection, event.idempotency_key) if _is_key_conflict(error) else None
+        if earlier is None:
+            raise
+        return earlier
+    if not appended:
+        return find_by_key(connection, event.idempotency_key)
     return event.with_position(position)
+
+
+def _is_key_conflict(error: IntegrityError) -> bool:
+    return "idempotency_key" in str(getattr(error, "orig", error))
 
 
 _LOG = LoggedEvent.__table__
 
 
 def _payload(row) -> dict:
-    return {
+    payload = {
         "event_type": row.event_type,
         "version": row.version,
         "event_id": row.event_id,
@@ -97,6 +140,9 @@ def _payload(row) -> dict:
         "occurred_at": as_utc(row.occurred_at).isoformat(),
         "data": json.loads(row.data),
     }
+    if row.idempotency_key is not None:
+        payload["idempotency_key"] = row.idempotency_key
+    return payload
 
 
 def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX) -> list[dict]:
@@ -105,7 +151,8 @@ def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX)
     ``position`` may also be a scalar subquery."""
     limit = max(1, min(int(limit), FEED_BATCH_MAX))
     rows = session.execute(
-        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data)
+        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data,
+               _LOG.c.idempotency_key)
         .where(_LOG.c.position > position)
         .order_by(_LOG.c.position)
         .limit(limit)
@@ -128,7 +175,7 @@ WITH published_locked AS (
     SELECT position AS published FROM counters WHERE name = 'published' FOR UPDATE SKIP LOCKED
 )
 SELECT event_log.position, event_log.event_id, event_log.event_type, event_log.version,
-       event_log.occurred_at, event_log.data
+       event_log.occurred_at, event_log.data, event_log.idempotency_key
 FROM published_locked LEFT OUTER JOIN event_log ON event_log.position > published_locked.published
 ORDER BY event_log.position
 LIMIT :limit""")

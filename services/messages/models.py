@@ -21,6 +21,8 @@ class LoggedEvent(Base):
     version: Mapped[int] = mapped_column(Integer, nullable=False)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     data: Mapped[str] = mapped_column(Text, nullable=False)  # JSON of the event's own fields
+    # "<actor id>:<key>" of the action that caused the event (unique; see migration 0002).
+    idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True, unique=True)
 
 
 class Counter(Base):

@@ -29,8 +29,15 @@ class MessagesService(HealthCheck):
         return exists
 
     @rpc
-    def send_message(self, sender_id, recipient_id, body):
-        event = commands.send_message(self.db, sender_id, recipient_id, body, recipient_exists=self._user_exists)
+    def send_message(self, sender_id, recipient_id, body, idempotency_key=None):
+        """Send once: ``idempotency_key`` is required, made by the caller once per user
+        action (the gateway's form carries one). A request redelivered after a crash, or
+        repeated after a timeout, returns the first send's event and appends nothing."""
+        if idempotency_key is None:
+            raise ValidationFailed("idempotency_key is required: make one per action (a UUID) and "
+                                   "pass the same one when repeating it.", "idempotency_key")
+        event = commands.send_message(self.db, sender_id, recipient_id, body, recipient_exists=self._user_exists,
+                                      idempotency_key=idempotency_key)
         self.outbox.wake()
         return event
 

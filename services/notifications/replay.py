@@ -87,15 +87,32 @@ def rebuild(make_session: Callable, feed: Callable, progress: Callable[[int], No
 
 def differences(make_session: Callable, feed: Callable, messages_unread: Callable[[list[int]], dict]) -> list[str]:
     """What differs between the live projection, a fresh replay of the feed, and the
-    messages service's own unread counts. Empty when all three agree."""
+    messages service's own unread counts, and any idempotency key that appears twice in
+    the log (a user action that became two events). Empty when all agree."""
     session = make_session()
     try:
         live = store.all_rows(session)
         live_position = store.tracked_position(session)
     finally:
         session.close()
-    replayed, _ = replay_rows(lambda after, limit: [p for p in feed(after, limit) if p["position"] <= live_position])
+    first_seen: dict[str, int] = {}  # idempotency key -> position of its first event
     problems = []
+
+    def feed_up_to_live(after, limit):
+        payloads = [p for p in feed(after, limit) if p["position"] <= live_position]
+        for payload in payloads:
+            key = payload.get("idempotency_key")
+            if key is None:
+                continue
+            if key in first_seen:
+                # One user action, two events: the log itself is wrong, whatever the projection says.
+                problems.append(f"idempotency key {key} appears twice in the log: positions "
+                                f"{first_seen[key]} and {payload['position']}")
+            else:
+                first_seen[key] = payload["position"]
+        return payloads
+
+    replayed, _ = replay_rows(feed_up_to_live)
     for key in sorted(set(live) | set(replayed)):
         if live.get(key) != replayed.get(key):
             problems.append(f"user {key[0]} {key[1]}: live {_show(live.get(key))}, replay {_show(replayed.get(key))}")

@@ -1,5 +1,7 @@
 """The messages service in nameko containers: RPC, the feed, and events published to
 listeners through the outbox, on RabbitMQ + PostgreSQL and on the embedded transport."""
+import uuid
+
 import eventlet
 import pytest
 from nameko.events import event_handler
@@ -76,7 +78,7 @@ def test_events_reach_listeners_once_each_and_in_log_order_per_type(running, con
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
         john = rpc.users.register("john", "john@example.com", PASSWORD)
         for i in range(10):
-            rpc.messages.send_message(susan["id"], john["id"], f"m{i}")
+            rpc.messages.send_message(susan["id"], john["id"], f"m{i}", idempotency_key=uuid.uuid4().hex)
         rpc.messages.mark_inbox_read(john["id"])
         assert rpc.messages.unread_count(john["id"]) == 0
         received = wait_for_received(11)
@@ -103,7 +105,7 @@ def test_sends_succeed_while_publishing_fails_and_events_follow_on_recovery(runn
     with ClusterRpcProxy(config, timeout=10) as rpc:
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
         for i in range(5):
-            assert rpc.messages.send_message(susan["id"], susan["id"], f"m{i}")["position"] == i + 1
+            assert rpc.messages.send_message(susan["id"], susan["id"], f"m{i}", idempotency_key=uuid.uuid4().hex)["position"] == i + 1
         eventlet.sleep(0.3)
         assert published_position(config) == 0
         broken["on"] = False
@@ -121,16 +123,16 @@ def test_typed_errors_and_the_feed(running, config):
     with ClusterRpcProxy(config, timeout=10) as rpc:
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
         with pytest.raises(RecipientNotFound):
-            rpc.messages.send_message(susan["id"], 999, "hello?")
+            rpc.messages.send_message(susan["id"], 999, "hello?", idempotency_key=uuid.uuid4().hex)
         with pytest.raises(ValidationFailed) as error:
-            rpc.messages.send_message(susan["id"], susan["id"], " ")
+            rpc.messages.send_message(susan["id"], susan["id"], " ", idempotency_key=uuid.uuid4().hex)
         assert error.value.field == "message"
         with pytest.raises(ValidationFailed):
             rpc.messages.inbox(susan["id"], 0)
         with pytest.raises(ValidationFailed):
             rpc.messages.events_after(-1)
         for i in range(3):
-            rpc.messages.send_message(susan["id"], susan["id"], f"note {i}")
+            rpc.messages.send_message(susan["id"], susan["id"], f"note {i}", idempotency_key=uuid.uuid4().hex)
         feed = rpc.messages.events_after(1)
         assert [Event.from_dict(e).position for e in feed] == [2, 3]
         assert rpc.messages.head() == 3
@@ -143,5 +145,5 @@ def test_events_are_published_before_any_consumer_exists(config, container_facto
         container_factory(cls, config).start()
     with ClusterRpcProxy(config, timeout=10) as rpc:
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
-        rpc.messages.send_message(susan["id"], susan["id"], "anyone there?")
+        rpc.messages.send_message(susan["id"], susan["id"], "anyone there?", idempotency_key=uuid.uuid4().hex)
     wait_for_published(config, 1)

@@ -1,6 +1,8 @@
 """The notifications service in nameko containers, fed by the messages service through the
 broker: two instances at once, one killed mid-stream and replaced; the projection ends
 with exactly the rows a replay gives. On RabbitMQ + PostgreSQL and on the embedded transport."""
+import uuid
+
 import eventlet
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
@@ -64,7 +66,7 @@ def test_two_instances_and_a_killed_one_end_with_the_replay(config, container_fa
         def sender(number):
             with ClusterRpcProxy(config, timeout=15) as own:
                 for i in range(15):
-                    own.messages.send_message(users[number], users[(number + 1 + i) % 4], f"m{number}-{i}")
+                    own.messages.send_message(users[number], users[(number + 1 + i) % 4], f"m{number}-{i}", idempotency_key=uuid.uuid4().hex)
                     if i % 6 == 5:
                         own.messages.mark_inbox_read(users[number])
                     eventlet.sleep(0)

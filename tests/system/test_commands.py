@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -256,10 +257,10 @@ def test_verify_and_replay_notifications_against_running_services(tmp_path, real
             susan = rpc.users.register("susan", "susan@example.com", PASSWORD)["id"]
             john = rpc.users.register("john", "john@example.com", PASSWORD)["id"]
             for i in range(7):
-                rpc.messages.send_message(susan, john, f"m{i}")
+                rpc.messages.send_message(susan, john, f"m{i}", idempotency_key=uuid.uuid4().hex)
             rpc.messages.mark_inbox_read(john)
-            rpc.messages.send_message(john, susan, "hello back")
-            rpc.messages.send_message(susan, john, "again")
+            rpc.messages.send_message(john, susan, "hello back", idempotency_key=uuid.uuid4().hex)
+            rpc.messages.send_message(susan, john, "again", idempotency_key=uuid.uuid4().hex)
 
         result = microblog("verify")
         assert result.returncode == 0, result.stderr
