@@ -6,6 +6,7 @@ server (RabbitMQ, PostgreSQL) without touching the server itself.
     proxy.cut()        # every open connection is reset and new ones are refused
     proxy.restore()    # accepts again, on the same port
     proxy.stall()      # connections stay open but nothing passes either way (a hung peer)
+    proxy.stall("down")  # the server receives (and commits) but its answers are held
     proxy.stop()
 
 Threads (green under the tests' ``eventlet.monkey_patch()``) copy bytes each way; the
@@ -26,7 +27,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._stalled = threading.Event()
+        self._stalled = {"up": threading.Event(), "down": threading.Event()}
         self._generation = 0
         self.accepted = 0
 
@@ -66,16 +67,16 @@ class TcpProxy:
             with self._lock:
                 self.accepted += 1
                 self._connections.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            for source, sink, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pipe, args=(source, sink, self._stalled[direction]), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, stalled: threading.Event) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                while self._stalled.is_set():
+                while stalled.is_set():
                     time.sleep(0.01)
                 sink.sendall(data)
         except (OSError, EOFError):  # eventlet raises EOFError when another thread closed it
@@ -111,11 +112,11 @@ class TcpProxy:
                 pass
         for sock in connections:
             self._close(sock, reset=True)
-        self._stalled.clear()
+        self._unstall()
 
     def restore(self) -> None:
         """Accept connections again, on the same port."""
-        self._stalled.clear()
+        self._unstall()
         if self._listener is None:
             deadline = time.monotonic() + 10
             while True:
@@ -127,9 +128,17 @@ class TcpProxy:
                         raise
                     time.sleep(0.1)
 
-    def stall(self) -> None:
-        """Keep connections open but pass nothing: a peer that hangs rather than refuses."""
-        self._stalled.set()
+    def stall(self, direction: str = "both") -> None:
+        """Keep connections open but pass nothing: a peer that hangs rather than refuses.
+        ``direction`` "down" holds only what the server sends (it still receives, and so
+        commits, what the client sent: a reply lost on the way back); "up" only what the
+        client sends."""
+        for name in ("up", "down") if direction == "both" else (direction,):
+            self._stalled[name].set()
+
+    def _unstall(self) -> None:
+        for event in self._stalled.values():
+            event.clear()
 
     def stop(self) -> None:
         self.cut()
