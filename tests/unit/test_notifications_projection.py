@@ -1,6 +1,8 @@
 """The notifications projection: the pure apply step, then the store and projector on
 SQLite and PostgreSQL under duplicated, reordered and lost deliveries."""
+import dataclasses
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import eventlet
@@ -534,3 +536,19 @@ def test_verify_reports_each_kind_of_difference(notifications_db):
     problems = differences(notifications_db, log.feed, lambda users: counts)
     assert any("user 1 unread_message_count: live 7" in p for p in problems)
     assert any("notifications 7, messages" in p for p in problems)
+
+
+def test_verify_reports_a_user_action_that_became_two_events(notifications_db):
+    # Both copies are in the log, so the projection and a replay agree: only the keys show it.
+    from services.notifications.replay import differences
+
+    first = MessageSent(sender_id=1, recipient_id=2, body="hi", position=1, occurred_at=START,
+                        idempotency_key="1:abcdefgh12")
+    log = Log([first, MessageSent(sender_id=1, recipient_id=2, body="hi", position=2, occurred_at=START,
+                                  idempotency_key="1:other-key-1"),
+               dataclasses.replace(first, position=3, event_id=uuid.uuid4())])
+    projector = Projector(notifications_db, log.feed)
+    for event in log.events:
+        projector.handle(event)
+    problems = differences(notifications_db, log.feed, lambda users: {"2": 3})
+    assert problems == ["idempotency key 1:abcdefgh12 appears twice in the log: positions 1 and 3"]
