@@ -90,11 +90,28 @@ def send_message(recipient):
     return render_template("send_message.html", title=_("Send Message"), form=form, recipient=user["username"])
 
 
+# The highest page a visitor's request reaches the messages service with (its ``inbox``
+# refuses more too): 25 messages a page, so 53 billion messages. A page above it is past
+# the end of any inbox: a 404 like any page past the end, without asking a service, so
+# its offset never reaches a database (SQLite's integers end at 2**63 - 1). A number of
+# more than PAGE_DIGITS_MAX digits is no page number at all: a 400 (Python would not
+# even read one of more than 4,300 digits).
+PAGE_MAX = 2**31 - 1
+PAGE_DIGITS_MAX = 100
+
+
 def _page_argument() -> int:
+    """``?page=``, or a 400 for what is not a page number; pages past any end are 404."""
     raw = request.args.get("page", "1")
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    digits = raw.lstrip("0")
+    if not raw.isascii() or not raw.isdigit() or not digits:
         abort(400, description=_("The page number must be a whole number, 1 or more."))
-    return int(raw)
+    if len(digits) > PAGE_DIGITS_MAX:
+        abort(400, description=_("That is not a page number: it has more than %(n)d digits.", n=PAGE_DIGITS_MAX))
+    page = int(digits)
+    if page > PAGE_MAX:
+        abort(404)
+    return page
 
 
 @bp.route("/messages")
