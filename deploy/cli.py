@@ -107,6 +107,9 @@ def _serve_service(name: str, migrate: bool) -> None:
         _fail(str(exc))
     if migrate:
         apply_migrations(spec, config[spec.database_key])
+    from kernel import logs
+
+    logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
     runner = ServiceRunner(config)
     runner.add_service(spec.service_class())
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from deploy.registry import SERVICES, migrate
-from kernel import memory_transport
+from kernel import logs, memory_transport
 
 EMBEDDED_AMQP_URI = "embedded://"
 LOCK_FILE = "microblog.lock"
@@ -86,6 +86,7 @@ class EmbeddedSystem:
         from kernel.rpc_pool import RpcPool
 
         memory_transport.register()
+        logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         for spec in SERVICES.values():

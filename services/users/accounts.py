@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.clock import as_utc, utcnow
+from kernel.logs import clip
 from kernel.errors import (
     EmailTaken,
     InvalidCredentials,
@@ -149,7 +150,7 @@ def authenticate(session: Session, username, password, checker=check_password_ha
 
 def _get(session: Session, user_id) -> User:
     if isinstance(user_id, bool) or not isinstance(user_id, int):
-        raise UserNotFound(f"No user with id {user_id!r}.")
+        raise UserNotFound(f"No user with id {clip(repr(user_id))}.")
     user = session.get(User, user_id)
     if user is None:
         raise UserNotFound(f"No user with id {user_id}.")
@@ -163,7 +164,7 @@ def get_user(session: Session, user_id) -> dict:
 def get_user_by_username(session: Session, username) -> dict:
     user = _find_by_username(session, username.strip()) if isinstance(username, str) else None
     if user is None:
-        raise UserNotFound(f"User {username} not found.")
+        raise UserNotFound(f"User {clip(username)} not found.")
     return public_profile(user)
 
 
