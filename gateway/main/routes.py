@@ -11,7 +11,7 @@ from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
-from gateway.session_user import SessionUser
+from gateway.session_user import SessionUser, parse_session_id, session_is_live
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 from kernel.rpc_pool import ServiceUnavailable
@@ -186,14 +186,17 @@ def notifications():
 def _session_user_id() -> int | None:
     """The signed-in user's id for the poll, without fetching their profile.
 
-    The signed session cookie already names the user; asking the users service for the
-    whole profile on every poll (what ``current_user`` does) would double the poll's cost.
+    The signed session cookie names the user and their server-side session; asking the
+    users service for the whole profile on every poll (what ``current_user`` does) would
+    double the poll's cost. The session must still be live (not signed out): this process
+    trusts a session it checked within ``SESSION_CHECK_TTL`` seconds, and asks the users
+    service otherwise (see ``gateway.session_user``).
     Without a session id (a "remember me" cookie only), Flask-Login does the full load.
     """
     raw = session.get("_user_id")
     if raw is not None:
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
+        parsed = parse_session_id(raw)
+        if parsed is None or not session_is_live(*parsed):
             return None
+        return parsed[0]
     return current_user.id if current_user.is_authenticated else None
