@@ -106,3 +106,13 @@ def test_the_inbox_rpc_refuses_huge_pages_itself(susan_and_john, system_app):
         for page in (2**31, 2**63, 10**40):
             with pytest.raises(ValidationFailed, match="page must be a whole number"):
                 services().messages.inbox(john, page)
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["urlencoded", "multipart"])
+def test_a_body_over_1_mb_is_a_413_and_sends_nothing(susan_and_john, multipart):
+    susan, john = susan_and_john
+    data = {"csrf_token": csrf_token(susan, "/send_message/john"), "message": "x" * (2 * 1024 * 1024)}
+    response = susan.post("/send_message/john", data=data,
+                          content_type="multipart/form-data" if multipart else None)
+    assert response.status_code == 413
+    assert _bodies(john) == []
