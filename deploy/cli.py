@@ -40,7 +40,7 @@ def run(host, port, data_dir):
     import eventlet
 
     eventlet.monkey_patch()
-    from deploy.embedded import EmbeddedSystem
+    from deploy.embedded import DataFolderInUse, EmbeddedSystem
     from kernel.settings import SettingsError, env_float
 
     try:
@@ -49,7 +49,10 @@ def run(host, port, data_dir):
         _fail(str(exc))
     from greenlet import GreenletExit
 
-    system = EmbeddedSystem(data_dir, poll_interval=poll_interval).start()
+    try:
+        system = EmbeddedSystem(data_dir, poll_interval=poll_interval).start()
+    except DataFolderInUse as exc:
+        _fail(str(exc))
     click.echo(f"Microblog (embedded) is running on http://{host}:{port}/  (data in {system.data_dir}; Ctrl-C stops it)")
     server = eventlet.spawn(system.serve, host, port)
 
@@ -104,6 +107,9 @@ def _serve_service(name: str, migrate: bool) -> None:
         _fail(str(exc))
     if migrate:
         apply_migrations(spec, config[spec.database_key])
+    from kernel import logs
+
+    logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
     runner = ServiceRunner(config)
     runner.add_service(spec.service_class())
 

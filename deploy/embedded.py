@@ -6,12 +6,56 @@ caller must have run ``eventlet.monkey_patch()`` first.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from deploy.registry import SERVICES, migrate
-from kernel import memory_transport
+from kernel import logs, memory_transport
 
 EMBEDDED_AMQP_URI = "embedded://"
+LOCK_FILE = "microblog.lock"
+
+
+class DataFolderInUse(Exception):
+    """Another process runs the embedded system on this data folder."""
+
+    def __init__(self, data_dir: Path, pid: str):
+        self.data_dir, self.pid = data_dir, pid
+        holder = f" (pid {pid})" if pid else ""
+        super().__init__(f"data folder {data_dir} is in use by another microblog run{holder}")
+
+
+class DataFolderLock:
+    """An exclusive ``flock`` on ``<data folder>/microblog.lock``, held while the system runs.
+
+    Two embedded systems on one folder would each have their own in-memory broker: the
+    second's pages and polls would miss the first's messages. The kernel releases the lock
+    when its holder exits in any way, kill -9 included, so a stale lock file is harmless:
+    only the lock counts, and the pid written in the file is there for the message.
+    """
+
+    def __init__(self, data_dir: Path):
+        self.path = Path(data_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "DataFolderLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DataFolderInUse(self.path.parent, pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
 
 
 def embedded_config(data_dir: Path) -> dict:
@@ -31,8 +75,10 @@ class EmbeddedSystem:
         self.config = embedded_config(self.data_dir)
         self.runner = None
         self.app = None
+        self.lock = DataFolderLock(self.data_dir)
 
     def start(self):
+        """Start everything; ``DataFolderInUse`` if another process runs on this data folder."""
         from nameko.runners import ServiceRunner
 
         from gateway import create_app
@@ -40,7 +86,9 @@ class EmbeddedSystem:
         from kernel.rpc_pool import RpcPool
 
         memory_transport.register()
+        logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
         for spec in SERVICES.values():
             migrate(spec, self.config[spec.database_key])
         self.runner = ServiceRunner(self.config)
@@ -65,6 +113,7 @@ class EmbeddedSystem:
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
+        self.lock.release()
 
     def serve(self, host: str, port: int, log=None):
         """Serve the gateway on host:port with eventlet's WSGI server until interrupted."""

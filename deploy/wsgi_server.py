@@ -33,6 +33,13 @@ def gunicorn_options(host: str, port: int) -> dict:
         "graceful_timeout": 20,
         "accesslog": env_str("GATEWAY_ACCESS_LOG", "-"),
         "errorlog": "-",
+        # Request size limits, spelt out (gunicorn's defaults but the first): a request line
+        # up to 8190 bytes (gunicorn's maximum; its default 4094 refused 8 KB URLs that the
+        # embedded server serves), header lines up to 8190 bytes, at most 100 headers.
+        # Past them gunicorn answers 414 or 431 itself, before the app.
+        "limit_request_line": 8190,
+        "limit_request_field_size": 8190,
+        "limit_request_fields": 100,
     }
 
 

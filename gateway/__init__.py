@@ -54,6 +54,8 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        # No form here is more than a few KB: a bigger body is a 413, not read into memory.
+        MAX_CONTENT_LENGTH=1024 * 1024,
     )
     from gateway.freshness import ChangeListener, LatestTimestamps
 

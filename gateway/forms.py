@@ -1,7 +1,30 @@
-"""Helpers shared by the gateway's forms."""
-from flask import flash
+"""Helpers shared by the gateway's forms, and the base class every form uses."""
+from flask import abort, flash, request
+from flask_babel import _
+from flask_wtf import FlaskForm
+from flask_wtf.form import _Auto  # the "read the request" default (Flask-WTF pinned)
 
 from kernel.errors import ServiceError
+
+
+class TextForm(FlaskForm):
+    """A form whose fields are all text: it reads only the URL-encoded (or multipart) text
+    fields of a submission.
+
+    Flask-WTF also feeds a form the request's file parts and a JSON body: a file part
+    named like a text field reaches the validators as a ``FileStorage`` (``len()`` fails:
+    a 500), and JSON values can be numbers, lists or objects. None of our forms takes a
+    file or JSON, so a submission carrying a file part is refused with a 400, and a JSON
+    body counts as an empty form (its fields are "required").
+    """
+
+    class Meta(FlaskForm.Meta):
+        def wrap_formdata(self, form, formdata):
+            if formdata is not _Auto or not form.is_submitted():
+                return super().wrap_formdata(form, formdata)
+            if request.files:
+                abort(400, description=_("This form takes text only, and a file was sent."))
+            return request.form or None
 
 
 def show_service_error(form, error: ServiceError) -> None:

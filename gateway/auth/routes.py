@@ -9,7 +9,7 @@ from gateway.auth import bp
 from gateway.auth.forms import LoginForm, RegistrationForm
 from gateway.forms import show_service_error
 from gateway.rpc import services
-from gateway.session_user import SessionUser
+from gateway.session_user import SessionUser, session_checks, session_lifetime_seconds
 from kernel.errors import InvalidCredentials, ValidationFailed
 
 
@@ -40,13 +40,22 @@ def login():
         except InvalidCredentials:
             flash(_("Invalid username or password"))
             return redirect(url_for("auth.login", next=safe_next(request.args.get("next"))))
-        login_user(SessionUser(profile), remember=form.remember_me.data)
+        opened = services().users.open_session(profile["id"], session_lifetime_seconds())
+        login_user(SessionUser(profile, opened["token"]), remember=form.remember_me.data)
         return redirect(safe_next(request.args.get("next")) or url_for("main.index"))
     return render_template("auth/login.html", title=_("Sign In"), form=form)
 
 
 @bp.route("/logout")
 def logout():
+    """Sign out: end the session in the users service, so that a copy of this browser's
+    cookies stops working too, then forget it here. If the users service cannot be
+    reached, the sign-out fails (503) and the browser stays signed in to try again: a
+    session that only looked ended would be worse."""
+    token = getattr(current_user, "session_token", None)
+    if current_user.is_authenticated and token:
+        services().users.end_session(current_user.id, token)
+        session_checks().forget(current_user.id, token)
     logout_user()
     return redirect(url_for("main.index"))
 

@@ -12,7 +12,7 @@ from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
-from gateway.session_user import SessionUser
+from gateway.session_user import SessionUser, parse_session_id, session_is_live
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN
@@ -101,11 +101,28 @@ def send_message(recipient):
     return render_template("send_message.html", title=_("Send Message"), form=form, recipient=user["username"])
 
 
+# The highest page a visitor's request reaches the messages service with (its ``inbox``
+# refuses more too): 25 messages a page, so 53 billion messages. A page above it is past
+# the end of any inbox: a 404 like any page past the end, without asking a service, so
+# its offset never reaches a database (SQLite's integers end at 2**63 - 1). A number of
+# more than PAGE_DIGITS_MAX digits is no page number at all: a 400 (Python would not
+# even read one of more than 4,300 digits).
+PAGE_MAX = 2**31 - 1
+PAGE_DIGITS_MAX = 100
+
+
 def _page_argument() -> int:
+    """``?page=``, or a 400 for what is not a page number; pages past any end are 404."""
     raw = request.args.get("page", "1")
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    digits = raw.lstrip("0")
+    if not raw.isascii() or not raw.isdigit() or not digits:
         abort(400, description=_("The page number must be a whole number, 1 or more."))
-    return int(raw)
+    if len(digits) > PAGE_DIGITS_MAX:
+        abort(400, description=_("That is not a page number: it has more than %(n)d digits.", n=PAGE_DIGITS_MAX))
+    page = int(digits)
+    if page > PAGE_MAX:
+        abort(404)
+    return page
 
 
 @bp.route("/messages")
@@ -180,14 +197,17 @@ def notifications():
 def _session_user_id() -> int | None:
     """The signed-in user's id for the poll, without fetching their profile.
 
-    The signed session cookie already names the user; asking the users service for the
-    whole profile on every poll (what ``current_user`` does) would double the poll's cost.
+    The signed session cookie names the user and their server-side session; asking the
+    users service for the whole profile on every poll (what ``current_user`` does) would
+    double the poll's cost. The session must still be live (not signed out): this process
+    trusts a session it checked within ``SESSION_CHECK_TTL`` seconds, and asks the users
+    service otherwise (see ``gateway.session_user``).
     Without a session id (a "remember me" cookie only), Flask-Login does the full load.
     """
     raw = session.get("_user_id")
     if raw is not None:
-        try:
-            return int(raw)
-        except (TypeError, ValueError):
+        parsed = parse_session_id(raw)
+        if parsed is None or not session_is_live(*parsed):
             return None
+        return parsed[0]
     return current_user.id if current_user.is_authenticated else None

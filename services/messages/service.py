@@ -49,8 +49,10 @@ class MessagesService(HealthCheck):
 
     @rpc
     def inbox(self, user_id, page=1):
-        if isinstance(page, bool) or not isinstance(page, int) or page < 1:
-            raise ValidationFailed("page must be a whole number, 1 or more.", "page")
+        # At most 2**31 - 1 (the gateway's PAGE_MAX): a larger page is past any inbox's end,
+        # and its offset must never reach the database as an integer it cannot hold.
+        if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 2**31 - 1:
+            raise ValidationFailed("page must be a whole number from 1 to 2147483647.", "page")
         return inbox.page_of(self.db, user_id, page)
 
     @rpc

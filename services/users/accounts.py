@@ -1,15 +1,19 @@
 """Account rules as plain functions over a SQLAlchemy session: the users service's core."""
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
+from datetime import timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.clock import as_utc, utcnow
+from kernel.logs import clip
 from kernel.errors import (
     EmailTaken,
     InvalidCredentials,
@@ -17,7 +21,7 @@ from kernel.errors import (
     UserNotFound,
     ValidationFailed,
 )
-from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User
+from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User, UserSession
 
 # Usernames appear in URLs (/user/<username>): keep them to characters that need no escaping.
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -149,7 +153,7 @@ def authenticate(session: Session, username, password, checker=check_password_ha
 
 def _get(session: Session, user_id) -> User:
     if isinstance(user_id, bool) or not isinstance(user_id, int):
-        raise UserNotFound(f"No user with id {user_id!r}.")
+        raise UserNotFound(f"No user with id {clip(repr(user_id))}.")
     user = session.get(User, user_id)
     if user is None:
         raise UserNotFound(f"No user with id {user_id}.")
@@ -163,7 +167,7 @@ def get_user(session: Session, user_id) -> dict:
 def get_user_by_username(session: Session, username) -> dict:
     user = _find_by_username(session, username.strip()) if isinstance(username, str) else None
     if user is None:
-        raise UserNotFound(f"User {username} not found.")
+        raise UserNotFound(f"User {clip(username)} not found.")
     return public_profile(user)
 
 
@@ -200,3 +204,69 @@ def record_seen(session: Session, user_id) -> dict:
     user.last_seen = utcnow()
     session.commit()
     return public_profile(user)
+
+
+# Sessions: one row per sign-in (see ``UserSession``). A token is 256 random bits; only its
+# SHA-256 is stored and looked up, so neither the table nor a lookup's timing gives away a
+# usable token (a lookup by hash is an index probe on a value the caller cannot steer).
+SESSION_TOKEN_MAX = 100
+SESSION_LIFETIME_MAX = timedelta(days=366)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _valid_user_id(user_id) -> bool:
+    return isinstance(user_id, int) and not isinstance(user_id, bool)
+
+
+def open_session(session: Session, user_id, lifetime_seconds) -> dict:
+    """Start a session for ``user_id``, valid for ``lifetime_seconds`` unless ended first.
+
+    Returns ``{"token", "expires_at"}``; the token is shown this once. The user's other
+    sessions are left alone (another browser stays signed in), but expired ones are
+    cleared away here, so the table holds only live sessions and a few dead ones.
+    """
+    user = _get(session, user_id)
+    if isinstance(lifetime_seconds, bool) or not isinstance(lifetime_seconds, (int, float)) or lifetime_seconds <= 0:
+        raise ValidationFailed("lifetime_seconds must be a positive number of seconds.")
+    now = utcnow()
+    expires_at = now + min(timedelta(seconds=lifetime_seconds), SESSION_LIFETIME_MAX)
+    session.execute(delete(UserSession).where(UserSession.user_id == user.id, UserSession.expires_at <= now))
+    token = secrets.token_urlsafe(32)
+    session.add(UserSession(user_id=user.id, token_hash=_token_hash(token), created_at=now, expires_at=expires_at))
+    session.commit()
+    return {"token": token, "expires_at": expires_at.isoformat()}
+
+
+def _live_session(session: Session, user_id, token) -> UserSession | None:
+    if not _valid_user_id(user_id) or not isinstance(token, str) or not 0 < len(token) <= SESSION_TOKEN_MAX:
+        return None
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == _token_hash(token)))
+    if row is None or row.user_id != user_id or as_utc(row.expires_at) <= utcnow():
+        return None
+    return row
+
+
+def check_session(session: Session, user_id, token) -> dict | None:
+    """The user's profile if ``token`` is a live session of ``user_id``, else None.
+
+    None, not an error, for a session that ended or never was: a signed-out cookie is an
+    everyday thing, not worth an error in the log.
+    """
+    row = _live_session(session, user_id, token)
+    if row is None:
+        return None
+    user = session.get(User, row.user_id)
+    return public_profile(user) if user is not None else None
+
+
+def end_session(session: Session, user_id, token) -> bool:
+    """End a session (sign-out): True if it was live. Ending it again is harmless."""
+    row = _live_session(session, user_id, token)
+    if row is None:
+        return False
+    session.delete(row)
+    session.commit()
+    return True

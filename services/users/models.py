@@ -1,7 +1,7 @@
 """The users service's tables."""
 from datetime import datetime
 
-from sqlalchemy import DateTime, Index, Integer, String, func
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 USERNAME_MAX = 64
@@ -29,4 +29,24 @@ class User(Base):
         # "Susan" and "susan" are the same person to a reader: one account only.
         Index("ix_users_username_lower", func.lower(username), unique=True),
         Index("ix_users_email", email, unique=True),
+    )
+
+
+class UserSession(Base):
+    """One sign-in: the gateway's session and remember-me cookies carry its token, and the
+    session counts only while this row exists and has not expired. Signing out deletes it,
+    so a copy of the cookies made before stops working. Only a hash of the token is kept."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    # SHA-256 of the token, hex: a stolen table gives no usable cookie.
+    token_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        Index("ix_sessions_token_hash", token_hash, unique=True),
+        Index("ix_sessions_user_id", user_id),
     )

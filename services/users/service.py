@@ -50,3 +50,15 @@ class UsersService(HealthCheck):
     @rpc
     def record_seen(self, user_id):
         return accounts.record_seen(self.db, user_id)
+
+    @rpc
+    def open_session(self, user_id, lifetime_seconds):
+        return accounts.open_session(self.db, user_id, lifetime_seconds)
+
+    @rpc
+    def check_session(self, user_id, token):
+        return accounts.check_session(self.db, user_id, token)
+
+    @rpc
+    def end_session(self, user_id, token):
+        return accounts.end_session(self.db, user_id, token)

@@ -126,7 +126,7 @@ def test_nothing_new_is_answered_without_the_service_and_a_change_still_shows_at
             eventlet.sleep(0.02)
     assert _poll(john, since=repr(first["timestamp"])) == []  # read from the service, recorded
     with john.session_transaction() as session:
-        john_id = int(session["_user_id"])
+        john_id = int(session["_user_id"].split(":")[0])
     assert latest.nothing_newer(john_id, first["timestamp"])  # the next such poll needs no RPC
     post_form(susan, "/send_message/john", {"message": "two"})
     with eventlet.Timeout(5):

@@ -20,7 +20,8 @@ class LaggingSystem:
         self.projected = 4
         self.looks = 0
         profile = {"id": 1, "username": "john", "about_me": "", "last_seen": datetime.now(timezone.utc).isoformat()}
-        self.users = SimpleNamespace(get_user=lambda uid: profile, get_users=lambda ids: {}, record_seen=lambda uid: None)
+        self.users = SimpleNamespace(get_user=lambda uid: profile, get_users=lambda ids: {}, record_seen=lambda uid: None,
+                                     check_session=lambda uid, token: profile)
         self.messages = SimpleNamespace(mark_inbox_read=self._mark_read, inbox=lambda uid, page: {
             "messages": [], "pages": 1, "has_next": False, "has_prev": False})
         if notifications_down:
@@ -50,7 +51,7 @@ def _signed_in_client(system):
     app = create_app(GatewaySettings(secret_key="read-your-writes", amqp_uri="amqp://unused//"), rpc=system)
     client = app.test_client()
     with client.session_transaction() as session:
-        session["_user_id"] = "1"
+        session["_user_id"] = "1:a-session-token"
         session["_fresh"] = True
     return client
 

@@ -1,0 +1,98 @@
+"""Server-side sessions: the users service's rules (SQLite and PostgreSQL) and the
+gateway's per-process cache of recent checks."""
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from kernel.errors import UserNotFound, ValidationFailed
+from services.users import accounts
+from services.users.models import UserSession
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def susan(users_session):
+    return accounts.register(users_session, "susan", "susan@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
+
+
+def test_a_session_is_live_until_it_ends(users_session, susan):
+    opened = accounts.open_session(users_session, susan, 3600)
+    token = opened["token"]
+    assert accounts.check_session(users_session, susan, token)["username"] == "susan"
+    assert accounts.end_session(users_session, susan, token) is True
+    assert accounts.check_session(users_session, susan, token) is None
+    assert accounts.end_session(users_session, susan, token) is False  # twice is harmless
+
+
+def test_sessions_are_independent(users_session, susan):
+    first = accounts.open_session(users_session, susan, 3600)["token"]
+    second = accounts.open_session(users_session, susan, 3600)["token"]
+    assert first != second
+    accounts.end_session(users_session, susan, first)
+    assert accounts.check_session(users_session, susan, second) is not None
+
+
+def test_a_token_is_no_good_for_another_user_or_altered(users_session, susan):
+    john = accounts.register(users_session, "john", "john@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
+    token = accounts.open_session(users_session, susan, 3600)["token"]
+    assert accounts.check_session(users_session, john, token) is None
+    assert accounts.end_session(users_session, john, token) is False  # john cannot end susan's
+    assert accounts.check_session(users_session, susan, token) is not None
+    for bad in (token + "x", token[:-1], "", "x" * 5000, None, 5, [token]):
+        assert accounts.check_session(users_session, susan, bad) is None, bad
+    for bad_id in (None, "1", True, 1.0, 10**30):
+        assert accounts.check_session(users_session, bad_id, token) is None
+
+
+def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_session, susan):
+    token = accounts.open_session(users_session, susan, 0.05)["token"]
+    time.sleep(0.1)
+    assert accounts.check_session(users_session, susan, token) is None
+    accounts.open_session(users_session, susan, 3600)
+    assert users_session.scalar(select(func.count()).select_from(UserSession)) == 1
+
+
+def test_only_a_hash_of_the_token_is_stored(users_session, susan):
+    token = accounts.open_session(users_session, susan, 3600)["token"]
+    [row] = users_session.scalars(select(UserSession))
+    assert token not in row.token_hash and len(row.token_hash) == 64
+
+
+def test_opening_a_session_checks_its_arguments(users_session, susan):
+    with pytest.raises(UserNotFound):
+        accounts.open_session(users_session, susan + 1, 3600)
+    for lifetime in (0, -1, "3600", None, True):
+        with pytest.raises(ValidationFailed):
+            accounts.open_session(users_session, susan, lifetime)
+
+
+def test_session_checks_expire_forget_and_stay_bounded(monkeypatch):
+    from gateway import session_user
+
+    now = [1000.0]
+    monkeypatch.setattr(session_user.time, "monotonic", lambda: now[0])
+    checks = session_user.SessionChecks(ttl=30, size=3)
+    checks.remember(1, "a")
+    assert checks.fresh(1, "a") and not checks.fresh(1, "b") and not checks.fresh(2, "a")
+    now[0] += 29.9
+    assert checks.fresh(1, "a")
+    now[0] += 0.2
+    assert not checks.fresh(1, "a")  # another process's sign-out shows within the TTL
+    checks.remember(1, "a")
+    checks.forget(1, "a")
+    assert not checks.fresh(1, "a")  # this process's sign-out shows at once
+    for i in range(10):
+        checks.remember(i, "t")
+    assert len(checks._checked) <= 3
+
+
+@pytest.mark.parametrize("raw, parsed", [
+    ("5:abc", (5, "abc")), ("5", None), ("5:", None), (":abc", None), ("5:a:b", None),
+    ("x:abc", None), ("²:abc", None), ("9" * 19 + ":abc", None), (None, None), (5, None),
+])
+def test_parse_session_id(raw, parsed):
+    from gateway.session_user import parse_session_id
+
+    assert parse_session_id(raw) == parsed
