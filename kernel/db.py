@@ -315,10 +315,20 @@ def _describe(url) -> str:
     return f"{url.database} at {url.host or 'localhost'}:{url.port or 5432}"
 
 
+_engines: "weakref.WeakKeyDictionary[Outage, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+
+
+def _engines_of(outage: Outage) -> "weakref.WeakSet[Engine]":
+    with _outages_lock:
+        return _engines.setdefault(outage, weakref.WeakSet())
+
+
 def watch_outages(engine: Engine) -> None:
     """Report the engine's connection failures to its database's ``Outage`` and a new
     connection made (the database answers) as the end of one."""
     outage = outage_for(engine.url)
+    siblings = _engines_of(outage)
+    siblings.add(engine)
 
     @event.listens_for(engine, "handle_error")
     def _failed(context):
@@ -327,6 +337,13 @@ def watch_outages(engine: Engine) -> None:
             outage.failed(exc)
             if context.original_exception is not None:
                 _mark_reported(context.original_exception)
+        if context.is_disconnect:
+            # SQLAlchemy discards this engine's pooled connections (they predate the drop);
+            # those of the other engines on the same database are just as dead: discard
+            # them too, rather than find each one dead after the database is back.
+            for other in list(siblings):
+                if other is not engine:
+                    other.dispose(close=False)
 
     @event.listens_for(engine, "connect")
     def _answered(dbapi_connection, record):
