@@ -15,7 +15,7 @@ import requests
 
 from tests.fault.cluster import Cluster
 from tests.fault.proxy import TcpProxy
-from tests.system.test_commands import MICROBLOG
+from tests.system.test_commands import MICROBLOG, stop
 
 BADGE = re.compile(r'<span id="message_count"([^>]*)>(\d+)<')
 OUTAGE = 10.0  # seconds the database stays cut
@@ -93,6 +93,10 @@ def test_a_notifications_database_outage_is_contained(tmp_path, real_infra, rabb
 
         cpu = _cpu_seconds(pid) - cpu_before
         log_lines = log.read_bytes()[log_before:].decode(errors="replace").splitlines()
+        health = subprocess.run([MICROBLOG, "health", "notifications", "--timeout", "5"], capture_output=True,
+                                text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                                            **cluster.env_of("notifications")})
+        assert health.returncode == 1 and "DatabaseUnavailable" in health.stderr, health.stderr
         assert not cluster.dead()
         database.restore()
 
@@ -113,6 +117,21 @@ def test_a_notifications_database_outage_is_contained(tmp_path, real_infra, rabb
         assert len(log_lines) <= 3 and sum(map(len, log_lines)) < 2000, log_lines
         assert "answers again" in log_after
         assert "Traceback" not in log_after
+
+        # Stopped while its database is down, with events waiting to be applied, the
+        # service still stops at once (its retries do not hold it), and its successor
+        # applies them once the database is back.
+        database.cut()
+        for n in range(2):
+            assert _send(cluster, susan, "john", f"second outage {n}") == 302
+        time.sleep(2)
+        stopping = time.monotonic()
+        assert stop(cluster.processes["notifications"]) == 0
+        print(f"stopped during an outage in {time.monotonic() - stopping:.2f} s")
+        assert time.monotonic() - stopping < 4.5, f"stopping took {time.monotonic() - stopping:.1f} s"
+        database.restore()
+        cluster.launch("notifications")
+        cluster.wait_for_unread(john, sent + 2, timeout=30)
         assert not cluster.dead()
     finally:
         codes = cluster.stop_all()
