@@ -52,6 +52,7 @@ def test_a_refused_connection_is_unavailable_and_reported_once():
     (sa.TimeoutError("QueuePool limit of size 10 overflow 10 reached"), True),
     (sa.DisconnectionError("gone"), True),
     (_operational(sqlite3.OperationalError("database is locked")), True),
+    (_operational(sqlite3.OperationalError("unable to open database file")), True),
     (DatabaseUnavailable("users database"), True),
     (_operational(TransactionRollbackError("deadlock detected")), False),
     (_operational(sqlite3.OperationalError("no such table: users")), False),
