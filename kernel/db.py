@@ -39,6 +39,7 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     if not is_sqlite(url):
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=_connect_args(url))
         _ping_connections_left_idle(engine)
+        _connect_in_time(engine)
         watch_outages(engine)
         return engine
 
@@ -81,6 +82,27 @@ def _connect_args(url: str) -> dict:
     if is_sqlite(url) or "connect_timeout=" in url:
         return {}
     return {"connect_timeout": CONNECT_TIMEOUT}
+
+
+def _connect_in_time(engine: Engine) -> None:
+    """Enforce ``connect_timeout`` under eventlet too. With eventlet's wait callback
+    installed, psycopg2 connects asynchronously, and libpq leaves the timeout of an
+    asynchronous connect to the caller: a host that accepts and never answers held a
+    connect forever (measured). A connect past the timeout fails like a refused one."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        import psycopg2
+        from psycopg2.extensions import get_wait_callback
+
+        timeout = float(cparams.get("connect_timeout") or 0)
+        if timeout <= 0 or get_wait_callback() is None:
+            return None  # libpq enforces it (blocking connect), or there is none to enforce
+        import eventlet
+
+        expired = psycopg2.OperationalError(f"connection timed out after {timeout:g} s")
+        with eventlet.Timeout(timeout, expired):
+            return dialect.connect(*cargs, **cparams)
 
 
 # A pooled connection used within this many seconds is trusted to be alive.
@@ -134,6 +156,7 @@ def autocommit_engine_for(engine: Engine) -> Engine:
             connect_args=_connect_args(engine.url.render_as_string(hide_password=False)),
         )
         _ping_connections_left_idle(sibling)
+        _connect_in_time(sibling)
         watch_outages(sibling)
         _autocommit_siblings[engine] = sibling
     return sibling

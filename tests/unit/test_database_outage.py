@@ -246,3 +246,26 @@ def test_a_session_that_cannot_roll_back_does_not_fail_the_worker():
     session = provider.sessions[worker] = DeadSession()
     provider.worker_teardown(worker)  # nameko would kill the container if this raised
     assert session.invalidated
+
+
+def test_a_database_that_accepts_and_never_answers_fails_the_connect_in_time():
+    """Under eventlet psycopg2 connects asynchronously and libpq leaves connect_timeout to
+    the caller: without kernel.db's own timeout this connect waited forever."""
+    import time
+
+    import eventlet
+
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        engine = db.create_db_engine(f"postgresql://postgres@127.0.0.1:{port}/x?connect_timeout=1", pool_size=1)
+        started = time.monotonic()
+        try:
+            with eventlet.Timeout(10), pytest.raises(sa.OperationalError) as raised:
+                with engine.connect():
+                    pass
+        finally:
+            engine.dispose()
+    assert time.monotonic() - started < 3
+    assert db.is_database_unavailable(raised.value) and "timed out" in str(raised.value)
