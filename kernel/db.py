@@ -235,9 +235,9 @@ class Outage:
     ``failed(exc)`` on each failure: the first of an outage logs one line; each schedules
     the next attempt further away (exponential, capped at ``cap`` seconds). ``succeeded()``
     when the database answers again logs one line (how long it was down). Whatever retries
-    on its own (pending events, a timer) calls ``wait()`` before trying again, so a process
-    with many things to retry makes a few attempts per ``cap`` seconds, not a hot loop.
-    ``release()`` (the process is stopping) makes every ``wait()`` return at once.
+    on its own (pending events, a timer) waits ``due_in()`` seconds before trying again, so
+    a process with many things to retry makes a few attempts per ``cap`` seconds, not a
+    hot loop (see ``services.notifications.projector.Backoff``).
     """
 
     def __init__(self, label: str, base: float = 0.1, cap: float = 2.0, clock=time.monotonic, log=None):
@@ -249,7 +249,6 @@ class Outage:
         self.down_since: float | None = None
         self.failures = 0
         self.retry_at = 0.0
-        self._released = threading.Event()  # green under eventlet's monkey patching
 
     @property
     def down(self) -> bool:
@@ -281,18 +280,9 @@ class Outage:
 
     def due_in(self) -> float:
         """Seconds until the next attempt may be made (0 when up)."""
-        if self.down_since is None or self._released.is_set():
+        if self.down_since is None:
             return 0.0
         return max(0.0, self.retry_at - self.clock())
-
-    def wait(self) -> None:
-        """Until the next attempt is due: at once when the database is up."""
-        delay = self.due_in()
-        if delay > 0:
-            self._released.wait(delay)
-
-    def release(self) -> None:
-        self._released.set()
 
 
 def one_line(exc: BaseException | None, limit: int = 200) -> str:

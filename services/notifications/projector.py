@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -229,6 +230,7 @@ class Backoff:
     def __init__(self, database: Outage, feed: Outage):
         self.database = database
         self.feed = feed
+        self._released = threading.Event()  # green under eventlet's monkey patching
 
     def outage_of(self, exc: BaseException) -> Outage | None:
         """Which outage ``exc`` reports: the projection's own database, the feed (the
@@ -240,11 +242,15 @@ class Backoff:
         return None
 
     def due_in(self) -> float:
+        """Seconds until the next attempt is due (0 when both answer, or once released)."""
+        if self._released.is_set():
+            return 0.0
         return max(self.database.due_in(), self.feed.due_in())
 
     def wait(self) -> None:
-        self.database.wait()
-        self.feed.wait()
+        delay = self.due_in()
+        if delay > 0:
+            self._released.wait(delay)
 
     def attempt(self, work: Callable):
         """``work()`` once the next attempt is due; an outage's error is reported, marked
@@ -264,9 +270,9 @@ class Backoff:
         return result
 
     def release(self) -> None:
-        """The process is stopping: no more waiting."""
-        self.database.release()
-        self.feed.release()
+        """The service is stopping: no more waiting (the outages, shared by the process,
+        are left as they are)."""
+        self._released.set()
 
 
 def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:

@@ -160,12 +160,14 @@ def test_retries_back_off_exponentially_up_to_the_cap():
     assert outage.due_in() == 0 and not outage.down
 
 
-def test_waiting_ends_at_once_when_released():
-    outage = db.Outage("db", base=30, cap=30)
-    outage.failed()
-    outage.release()
-    assert outage.due_in() == 0
-    outage.wait()  # would take 30 s
+def test_a_stopping_service_stops_waiting_and_leaves_the_shared_outage_alone():
+    database, feed = db.Outage("db", base=30, cap=30), db.Outage("feed")
+    database.failed()
+    stopping, running = Backoff(database, feed), Backoff(database, feed)
+    stopping.release()
+    assert stopping.due_in() == 0
+    stopping.wait()  # would take 30 s
+    assert running.due_in() > 29 and database.down
 
 
 def test_a_backoff_caps_the_attempts_of_many_deliveries():
