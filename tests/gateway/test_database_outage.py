@@ -3,6 +3,7 @@ needs that service, the poll a 503 JSON error, and pages that need notifications
 the badge render, with the badge left as it was (over stand-in services; the real thing
 through a PostgreSQL cut is tests/fault/test_database_outage.py)."""
 import re
+import shutil
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -85,3 +86,46 @@ def test_pages_that_need_a_service_whose_database_is_down_answer_503(service, pa
         assert response.status_code == 503, (path, response.status_code)
         assert "temporarily unavailable" in response.text
         assert response.headers["Retry-After"]
+
+
+NODE = shutil.which("node")
+SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
+PRELUDE = """
+const store = new Map(Object.entries(JSON.parse(process.env.STORED)));
+globalThis.sessionStorage = {getItem: k => store.has(k) ? store.get(k) : null, setItem: (k, v) => store.set(k, String(v))};
+const badge = JSON.parse(process.env.BADGE);
+globalThis.document = {getElementById: id => badge};
+let polls = 0;
+globalThis.fetch = async () => { polls++; return {ok: false, status: 503}; };  // still unavailable
+globalThis.setInterval = () => 0;
+"""
+EPILOGUE = """
+setTimeout(() => console.log(JSON.stringify({text: String(badge.textContent), visibility: badge.style.visibility,
+                                             stored: Object.fromEntries(store), polls})), 20);
+"""
+
+
+def _run_page_script(html: str, stored: dict) -> dict:
+    """The page's badge script in node, with a stand-in DOM, sessionStorage and fetch."""
+    import json
+    import subprocess
+
+    attributes, count = BADGE.search(html).groups()
+    badge = {"textContent": count, "style": {"visibility": re.search(r"visibility: (\w+)", attributes).group(1)},
+             "dataset": {"unknown": "1"} if 'data-unknown="1"' in attributes else {}}
+    script = next(s for s in SCRIPT.findall(html) if "set_message_count" in s)
+    result = subprocess.run([NODE, "-e", PRELUDE + script + EPILOGUE], capture_output=True, text=True, timeout=30,
+                            env={"STORED": json.dumps(stored), "BADGE": json.dumps(badge), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.skipif(NODE is None, reason="node not installed (runs the page's script)")
+def test_in_the_browser_the_badge_keeps_the_count_it_showed_last():
+    shown = _run_page_script(_client(Services()).get("/index").text, {})
+    assert shown["text"] == "3" and shown["visibility"] == "visible" and shown["polls"] == 0
+    kept = _run_page_script(_client(Services(down=["notifications"])).get("/user/john").text, shown["stored"])
+    assert kept["text"] == "3" and kept["visibility"] == "visible"  # left as it was
+    assert kept["polls"] == 1  # and asked again at once
+    unknown = _run_page_script(_client(Services(down=["notifications"])).get("/index").text, {})
+    assert unknown["visibility"] == "hidden"  # nothing shown before: nothing made up
