@@ -264,8 +264,8 @@ class Outage:
         now = self.clock()
         if self.down_since is None:
             self.down_since = now
-            self.log.warning("%s unreachable (%s); answering 'unavailable' and retrying every %g s at most "
-                             "until it answers", self.label, one_line(exc), self.cap)
+            self.log.warning("%s unreachable (%s); answering 'unavailable', retrying with a backoff of up to "
+                             "%g s, until it answers", self.label, one_line(exc), self.cap)
         self.failures += 1
         self.retry_at = now + self.delay()
         if exc is not None:
