@@ -29,14 +29,13 @@ def navbar_context() -> dict:
     from flask import current_app
     from flask_login import current_user
 
-    from kernel.errors import DependencyUnavailable
-    from kernel.rpc_pool import ServiceUnavailable
+    from gateway.errors import UNAVAILABLE
 
     count = 0
     if current_user.is_authenticated:
         try:
             count = current_app.extensions["rpc"].notifications.unread_message_count(current_user.id)
-        except (ServiceUnavailable, DependencyUnavailable) as exc:
+        except UNAVAILABLE as exc:
             current_app.logger.warning("notifications unavailable (%s); the badge is left as it was", exc)
             count = None
     return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000)}

@@ -12,6 +12,11 @@ from kernel.rpc_pool import ServiceUnavailable
 # is unavailable: about a service's retry backoff (kernel.db.Outage.cap) and then some.
 RETRY_AFTER = 5
 
+# What "that service cannot answer now" looks like to the gateway: no answer in time (or
+# no broker), or a service's own DependencyUnavailable (its database, DatabaseUnavailable,
+# or a service it needs).
+UNAVAILABLE = (ServiceUnavailable, DependencyUnavailable)
+
 
 def register(app):
     @app.errorhandler(CSRFError)

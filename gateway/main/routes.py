@@ -7,14 +7,14 @@ from flask import abort, current_app, flash, jsonify, redirect, render_template,
 from flask_babel import _
 from flask_login import current_user, login_required
 
-from gateway.errors import RETRY_AFTER
+from gateway.errors import RETRY_AFTER, UNAVAILABLE
 from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
 from gateway.session_user import SessionUser
 from kernel.clock import as_utc
-from kernel.errors import DependencyUnavailable, RecipientNotFound, UserNotFound, ValidationFailed
+from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 from kernel.rpc_pool import ServiceUnavailable
 
 # The tutorial writes last_seen on every request; once a minute says the same for a
@@ -133,7 +133,7 @@ def _await_projection(position: int) -> None:
     try:
         while services().notifications.position() < position and time.monotonic() < deadline:
             time.sleep(0.005)
-    except (ServiceUnavailable, DependencyUnavailable) as exc:
+    except UNAVAILABLE as exc:
         current_app.logger.warning("notifications unavailable (%s); the badge may lag", exc)
 
 
@@ -149,7 +149,7 @@ def notifications():
     """
     try:
         return _notifications()
-    except (ServiceUnavailable, DependencyUnavailable) as exc:
+    except UNAVAILABLE as exc:
         current_app.logger.warning("poll: %s", exc)
         response = jsonify(error=_("Notifications are unavailable right now; please try again shortly."))
         return response, 503, {"Retry-After": str(RETRY_AFTER)}
