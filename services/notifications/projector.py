@@ -252,10 +252,11 @@ class Backoff:
         if delay > 0:
             self._released.wait(delay)
 
-    def attempt(self, work: Callable):
-        """``work()`` once the next attempt is due; an outage's error is reported, marked
-        (see ``kernel.db.Outage``) and raised."""
-        self.wait()
+    def attempt(self, work: Callable, wait: bool = True):
+        """``work()`` once the next attempt is due (``wait=False``: the caller waited);
+        an outage's error is reported, marked (see ``kernel.db.Outage``) and raised."""
+        if wait:
+            self.wait()
         try:
             result = work()
         except Exception as exc:

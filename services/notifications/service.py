@@ -35,14 +35,27 @@ feed_check = ConfiguredTimer.decorator
 
 
 class ProjectedEventHandler(EventHandler):
-    """nameko's ``event_handler``; stopping it also ends the projector's outage backoff,
-    so a process stopped while its database is down stops at once rather than after a
-    wait (the events go back to the queue)."""
+    """nameko's ``event_handler``, backing off while the projection's database (or the
+    feed) is down: a delivery waits for the process's next attempt *before* it takes a
+    worker. Waiting in a worker held one of the ``max_workers`` slots the RPCs need (the
+    badge, the poll): ten waiting deliveries made every page wait up to the backoff. Stopping
+    it ends the waits, so a process stopped during an outage stops at once (the events go
+    back to the queue)."""
+
+    def _projector_provider(self):
+        return next((dependency for dependency in self.container.dependencies
+                     if isinstance(dependency, ProjectorProvider)), None)
+
+    def handle_message(self, body, message):
+        provider = self._projector_provider()
+        if provider is not None and provider.backoff is not None:
+            provider.backoff.wait()
+        super().handle_message(body, message)
 
     def stop(self):
-        for dependency in self.container.dependencies:
-            if isinstance(dependency, ProjectorProvider):
-                dependency.release()
+        provider = self._projector_provider()
+        if provider is not None:
+            provider.release()
         super().stop()
 
 
@@ -124,9 +137,9 @@ class NotificationsService(HealthCheck):
             # Not an event this code can read; the feed will show the same. Say so loudly.
             logger.error("notifications: dropping unreadable event %r", payload)
             return
-        # Database (or feed) down: wait for the process's next attempt, try, and on failure
-        # raise, so the event goes back to the queue (requeue_on_error) for a later one.
-        self.projector.backoff.attempt(lambda: self.projector.handle(event))
+        # Database (or feed) down: report it and raise, so the event goes back to the queue
+        # (requeue_on_error); its redelivery waits for the next attempt (handle_message).
+        self.projector.backoff.attempt(lambda: self.projector.handle(event), wait=False)
 
     # requeue_on_error: an event that could not be applied (database down ...) comes back.
     @event_handler("messages", "MessageSent", requeue_on_error=True)
