@@ -42,9 +42,13 @@ class ProjectedEventHandler(EventHandler):
     it ends the waits, so a process stopped during an outage stops at once (the events go
     back to the queue)."""
 
+    _provider = None
+
     def _projector_provider(self):
-        return next((dependency for dependency in self.container.dependencies
-                     if isinstance(dependency, ProjectorProvider)), None)
+        if self._provider is None:
+            self._provider = next((dependency for dependency in self.container.dependencies
+                                   if isinstance(dependency, ProjectorProvider)), None)
+        return self._provider
 
     def handle_message(self, body, message):
         provider = self._projector_provider()
