@@ -206,6 +206,20 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def database_unavailable_reply(exc_info, service_name: str):
+    """``exc_info``, with a database connection error (``is_database_unavailable``) replaced
+    by ``DatabaseUnavailable``; anything else unchanged."""
+    from kernel.errors import DatabaseUnavailable
+
+    exc = exc_info[1]
+    if isinstance(exc, DatabaseUnavailable) or not is_database_unavailable(exc):
+        return exc_info
+    error = DatabaseUnavailable(f"The {service_name} service cannot reach its database right now; "
+                                "please try again shortly.")
+    error.__cause__ = exc
+    return type(error), error, exc_info[2]
+
+
 def _is_driver_error(exc) -> bool:
     import sqlite3
 

@@ -77,26 +77,13 @@ class Rpc(nameko_rpc.Rpc):
         # does not answer replies with the typed ``DatabaseUnavailable`` (the gateway
         # answers 503), not the driver's error (which it could only answer with a 500).
         if exc_info is not None:
+            from kernel.db import database_unavailable_reply
+
             exc_info = database_unavailable_reply(exc_info, self.container.service_name)
         return super().handle_result(message, worker_ctx, result, exc_info)
 
 
 rpc = Rpc.decorator
-
-
-def database_unavailable_reply(exc_info, service_name: str):
-    """``exc_info``, with a database connection error (``kernel.db.is_database_unavailable``)
-    replaced by ``DatabaseUnavailable``; anything else unchanged."""
-    from kernel.db import is_database_unavailable
-    from kernel.errors import DatabaseUnavailable
-
-    exc = exc_info[1]
-    if isinstance(exc, DatabaseUnavailable) or not is_database_unavailable(exc):
-        return exc_info
-    error = DatabaseUnavailable(f"The {service_name} service cannot reach its database right now; "
-                                "please try again shortly.")
-    error.__cause__ = exc
-    return type(error), error, exc_info[2]
 
 
 class RpcProxy(nameko_rpc.RpcProxy):

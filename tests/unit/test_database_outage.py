@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from kernel import db, memory_transport
 from kernel.errors import DatabaseUnavailable, DependencyUnavailable, UserNotFound
-from kernel.rpc import database_unavailable_reply, rpc
+from kernel.rpc import rpc
 from kernel.rpc_pool import RpcPool
 from services.notifications.projector import Backoff
 
@@ -79,12 +79,12 @@ def test_an_error_raised_from_a_connection_error_is_unavailable():
 
 def test_the_reply_turns_a_connection_error_into_database_unavailable():
     error = _operational(psycopg2.OperationalError("could not connect to server: Connection refused"))
-    kind, value, _ = database_unavailable_reply((type(error), error, None), "users")
+    kind, value, _ = db.database_unavailable_reply((type(error), error, None), "users")
     assert kind is DatabaseUnavailable and value.__cause__ is error
     assert "users service cannot reach its database" in str(value)
     assert "Connection refused" not in str(value)  # the caller learns what, not the driver's details
     other = UserNotFound("No user with id 3.")
-    assert database_unavailable_reply((UserNotFound, other, None), "users")[1] is other
+    assert db.database_unavailable_reply((UserNotFound, other, None), "users")[1] is other
 
 
 class DatabaseService:
