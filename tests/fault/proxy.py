@@ -93,7 +93,6 @@ class TcpProxy:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        _notify_closed(sock)
         try:
             sock.close()
         except OSError:
@@ -106,7 +105,6 @@ class TcpProxy:
             self._generation += 1
             connections = list(self._connections)
         if listener is not None:
-            _notify_closed(listener)
             try:
                 listener.close()
             except OSError:
@@ -135,24 +133,3 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
-
-
-def _notify_closed(sock: socket.socket) -> None:
-    """Under eventlet, a socket closed while another green thread waits on it (accept,
-    recv) must be announced to the hub: otherwise that thread stays registered on the
-    file descriptor, and the next file to get its number (a subprocess's pipe) fails with
-    "Second simultaneous read on fileno N". (eventlet's ``notify_close`` does nothing;
-    ``notify_opened`` is what defangs a descriptor's waiters, throwing ``IOClosed``, an
-    ``OSError``, into them.)"""
-    try:
-        from eventlet import patcher
-        from eventlet.hubs import notify_opened
-    except ImportError:
-        return
-    if patcher.is_monkey_patched("socket"):
-        try:
-            fileno = sock.fileno()
-            if fileno >= 0:
-                notify_opened(fileno)
-        except OSError:
-            pass
