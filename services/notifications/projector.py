@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 from kernel.db import Outage, autocommit_engine_for, is_database_unavailable
-from kernel.errors import DatabaseUnavailable, DependencyUnavailable
+from kernel.errors import DependencyUnavailable
 from kernel.events import Event
 from services.notifications import store
 from services.notifications.projection import keys_of
@@ -222,7 +222,8 @@ class Backoff:
     """How deliveries and the feed check retry while the projection's database, or the
     messages feed, does not answer: each attempt first waits until that outage's next
     attempt is due (shared by the whole process, so ten deliveries retry together a few
-    times per ``Outage.cap`` seconds, not in a hot loop), and a failure is reported to its
+    times per ``Outage.cap`` seconds, not in a hot loop; a delivery waits before it takes a
+    worker, see ``service.ProjectedEventHandler``), and a failure is reported to its
     ``Outage`` (one log line per outage) before the caller lets the event be redelivered.
     Nothing is lost meanwhile: the broker keeps the events, and the tracking row (applied
     only with the rows it covers) and the feed catch-up apply each exactly once after."""
