@@ -22,19 +22,22 @@ def navbar_context() -> dict:
     """The unread badge's first value, from the notifications projection, on every page.
 
     A page must not fail because the badge cannot be drawn: if the notifications service
-    does not answer, the badge starts hidden and the page's polling fills it in later.
+    does not answer, or answers that its database does not, the count is ``None`` (not
+    known) and the badge is left as it was: the page keeps the last count it showed this
+    user (sessionStorage) and polls at once (base.html).
     """
     from flask import current_app
     from flask_login import current_user
 
-    from kernel.rpc_pool import ServiceUnavailable
+    from gateway.errors import UNAVAILABLE
 
     count = 0
     if current_user.is_authenticated:
         try:
             count = current_app.extensions["rpc"].notifications.unread_message_count(current_user.id)
-        except ServiceUnavailable:
-            current_app.logger.warning("notifications service unavailable; badge starts hidden")
+        except UNAVAILABLE as exc:
+            current_app.logger.warning("notifications unavailable (%s); the badge is left as it was", exc)
+            count = None
     return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000)}
 
 

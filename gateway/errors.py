@@ -8,6 +8,16 @@ from kernel.errors import DependencyUnavailable
 from kernel.rpc_pool import ServiceUnavailable
 
 
+# Seconds a client is told to wait before trying again when a service (or its database)
+# is unavailable: about a service's retry backoff (kernel.db.Outage.cap) and then some.
+RETRY_AFTER = 5
+
+# What "that service cannot answer now" looks like to the gateway: no answer in time (or
+# no broker), or a service's own DependencyUnavailable (its database, DatabaseUnavailable,
+# or a service it needs).
+UNAVAILABLE = (ServiceUnavailable, DependencyUnavailable)
+
+
 def register(app):
     @app.errorhandler(CSRFError)
     def csrf_error(error):
@@ -20,7 +30,7 @@ def register(app):
     @app.errorhandler(ServiceUnavailable)
     def service_unavailable(error):
         app.logger.warning("service unavailable: %s", error)
-        return _render_without_user("errors/503.html"), 503
+        return _render_without_user("errors/503.html"), 503, {"Retry-After": str(RETRY_AFTER)}
 
     @app.errorhandler(HTTPException)
     def http_error(error):

@@ -1,6 +1,8 @@
 """Database engines and the per-worker session DependencyProvider every service uses."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -9,6 +11,8 @@ from nameko.extensions import DependencyProvider
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger(__name__)
 
 
 def is_sqlite(url: str) -> bool:
@@ -33,8 +37,10 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     """
     url = normalise_url(url)
     if not is_sqlite(url):
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=_connect_args(url))
         _ping_connections_left_idle(engine)
+        _connect_in_time(engine)
+        watch_outages(engine)
         return engine
 
     path = url.split("///", 1)[1] if "///" in url else ""
@@ -63,7 +69,40 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    watch_outages(engine)
     return engine
+
+
+# A database host that does not answer at all (dropped packets, not a refusal) would
+# otherwise hold a worker in connect() for the kernel's TCP timeout, minutes.
+CONNECT_TIMEOUT = 5
+
+
+def _connect_args(url: str) -> dict:
+    if is_sqlite(url) or "connect_timeout=" in url:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
+
+
+def _connect_in_time(engine: Engine) -> None:
+    """Enforce ``connect_timeout`` under eventlet too. With eventlet's wait callback
+    installed, psycopg2 connects asynchronously, and libpq leaves the timeout of an
+    asynchronous connect to the caller: a host that accepts and never answers held a
+    connect forever (measured). A connect past the timeout fails like a refused one."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect, record, cargs, cparams):
+        import psycopg2
+        from psycopg2.extensions import get_wait_callback
+
+        timeout = float(cparams.get("connect_timeout") or 0)
+        if timeout <= 0 or get_wait_callback() is None:
+            return None  # libpq enforces it (blocking connect), or there is none to enforce
+        import eventlet
+
+        expired = psycopg2.OperationalError(f"connection timed out after {timeout:g} s")
+        with eventlet.Timeout(timeout, expired):
+            return dialect.connect(*cargs, **cparams)
 
 
 # A pooled connection used within this many seconds is trusted to be alive.
@@ -114,8 +153,11 @@ def autocommit_engine_for(engine: Engine) -> Engine:
             pool_reset_on_return=None,
             pool_size=engine.pool.size(),
             max_overflow=engine.pool.size(),
+            connect_args=_connect_args(engine.url.render_as_string(hide_password=False)),
         )
         _ping_connections_left_idle(sibling)
+        _connect_in_time(sibling)
+        watch_outages(sibling)
         _autocommit_siblings[engine] = sibling
     return sibling
 
@@ -126,6 +168,240 @@ def dispose(engine: Engine) -> None:
     if sibling is not None:
         sibling.dispose()
     engine.dispose()
+
+
+# --- Database outages -----------------------------------------------------------------
+#
+# A service whose database does not answer must say so ("unavailable", which the gateway
+# turns into 503), retry what it owes (pending events) without burning the CPU, and log
+# the outage once when it starts and once when it ends, not once per attempt.
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the database cannot be reached right now" (try again later),
+    as opposed to a fault of the statement or the data, which retrying would not cure.
+
+    Connection refused or cut, a connection found dead, no connection to be had from the
+    pool in time (all SQLAlchemy ``OperationalError``/``InterfaceError``/``TimeoutError``,
+    or ``DBAPIError`` with ``connection_invalidated``), or ``DatabaseUnavailable`` itself.
+    Not a deadlock or serialization failure, nor SQLite's schema errors ("no such table").
+    """
+    from sqlalchemy import exc as sa
+
+    from kernel.errors import DatabaseUnavailable
+
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, DatabaseUnavailable):
+            return True
+        if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (sa.DisconnectionError, sa.TimeoutError, sa.InterfaceError)):
+            return True
+        if isinstance(exc, sa.OperationalError):
+            return _driver_says_unreachable(exc.orig)
+        if _is_driver_error(exc):
+            return _driver_says_unreachable(exc)
+        exc, seen = exc.__cause__, seen + 1  # e.g. a DisconnectionError raised from the driver's error
+    return False
+
+
+def database_unavailable_reply(exc_info, service_name: str):
+    """``exc_info``, with a database connection error (``is_database_unavailable``) replaced
+    by ``DatabaseUnavailable``; anything else unchanged."""
+    from kernel.errors import DatabaseUnavailable
+
+    exc = exc_info[1]
+    if isinstance(exc, DatabaseUnavailable) or not is_database_unavailable(exc):
+        return exc_info
+    error = DatabaseUnavailable(f"The {service_name} service cannot reach its database right now; "
+                                "please try again shortly.")
+    error.__cause__ = exc
+    return type(error), error, exc_info[2]
+
+
+def _is_driver_error(exc) -> bool:
+    import sqlite3
+
+    import psycopg2
+
+    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError))
+
+
+def _driver_says_unreachable(orig) -> bool:
+    import sqlite3
+
+    import psycopg2
+    from psycopg2.extensions import TransactionRollbackError
+
+    if isinstance(orig, TransactionRollbackError):  # deadlock, serialization failure: the statement's
+        return False
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig)
+        return not (text.startswith("no such") or "syntax error" in text)
+    return isinstance(orig, (psycopg2.OperationalError, psycopg2.InterfaceError)) or orig is None
+
+
+class Outage:
+    """One database's reachability as this process sees it, shared by everything in the
+    process that uses it (``outage_for``).
+
+    ``failed(exc)`` on each failure: the first of an outage logs one line; each schedules
+    the next attempt further away (exponential, capped at ``cap`` seconds). ``succeeded()``
+    when the database answers again logs one line (how long it was down). Whatever retries
+    on its own (pending events, a timer) waits ``due_in()`` seconds before trying again, so
+    a process with many things to retry makes a few attempts per ``cap`` seconds, not a
+    hot loop (see ``services.notifications.projector.Backoff``).
+    """
+
+    def __init__(self, label: str, base: float = 0.1, cap: float = 2.0, clock=time.monotonic, log=None):
+        self.label = label
+        self.base = base
+        self.cap = cap
+        self.clock = clock
+        self.log = log or logger
+        self.down_since: float | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def delay(self) -> float:
+        """Seconds from a failure to the next attempt, given the failures so far."""
+        if self.failures == 0:
+            return 0.0
+        return min(self.base * 2 ** min(self.failures - 1, 30), self.cap)
+
+    def failed(self, exc: BaseException | None = None) -> None:
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            self.log.warning("%s unreachable (%s); answering 'unavailable', retrying with a backoff of up to "
+                             "%g s, until it answers", self.label, one_line(exc), self.cap)
+        self.failures += 1
+        self.retry_at = now + self.delay()
+        if exc is not None:
+            _mark_reported(exc)
+
+    def succeeded(self) -> None:
+        if self.down_since is None:
+            return
+        lasted, attempts = self.clock() - self.down_since, self.failures
+        self.down_since, self.failures, self.retry_at = None, 0, 0.0
+        self.log.warning("%s answers again, after %.1f s unreachable (%d failed attempts)", self.label, lasted, attempts)
+
+    def due_in(self) -> float:
+        """Seconds until the next attempt may be made (0 when up)."""
+        if self.down_since is None:
+            return 0.0
+        return max(0.0, self.retry_at - self.clock())
+
+
+def one_line(exc: BaseException | None, limit: int = 200) -> str:
+    """A driver's error on one line, without SQLAlchemy's statement and background link."""
+    if exc is None:
+        return "no answer"
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _mark_reported(exc: BaseException) -> None:
+    """The outage has been logged: the traceback nameko logs for a failed worker is noise."""
+    try:
+        exc.outage_reported = True
+    except AttributeError:  # an exception type without a __dict__
+        pass
+
+
+_outages: dict[str, Outage] = {}
+_outages_lock = threading.Lock()
+
+
+def outage_for(url, label: str | None = None) -> Outage:
+    """The process's ``Outage`` of the database at ``url`` (one per database, whatever
+    engines reach it)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(normalise_url(str(url)) if isinstance(url, str) else url)
+    key = url.render_as_string(hide_password=True)
+    with _outages_lock:
+        outage = _outages.get(key)
+        if outage is None:
+            outage = _outages[key] = Outage(label or f"database {_describe(url)}")
+        elif label and outage.label.startswith("database "):
+            outage.label = label
+        return outage
+
+
+def _describe(url) -> str:
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return f"{url.database} at {url.host or 'localhost'}:{url.port or 5432}"
+
+
+_engines: "weakref.WeakKeyDictionary[Outage, weakref.WeakSet]" = weakref.WeakKeyDictionary()
+
+
+def _engines_of(outage: Outage) -> "weakref.WeakSet[Engine]":
+    with _outages_lock:
+        return _engines.setdefault(outage, weakref.WeakSet())
+
+
+def watch_outages(engine: Engine) -> None:
+    """Report the engine's connection failures to its database's ``Outage`` and a new
+    connection made (the database answers) as the end of one."""
+    outage = outage_for(engine.url)
+    siblings = _engines_of(outage)
+    siblings.add(engine)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context):
+        exc = context.sqlalchemy_exception or context.original_exception
+        if context.is_disconnect or is_database_unavailable(exc):
+            outage.failed(exc)
+            if context.original_exception is not None:
+                _mark_reported(context.original_exception)
+        if context.is_disconnect:
+            # SQLAlchemy discards this engine's pooled connections (they predate the drop);
+            # those of the other engines on the same database are just as dead: discard
+            # them too, rather than find each one dead after the database is back.
+            for other in list(siblings):
+                if other is not engine:
+                    other.dispose(close=False)
+
+    @event.listens_for(engine, "connect")
+    def _answered(dbapi_connection, record):
+        outage.succeeded()
+
+
+class _QuietWhileReported(logging.Filter):
+    """nameko logs a traceback for every worker that raised. For a database that is not
+    answering, the ``Outage`` has said so in one line: drop the rest. Any other
+    "unavailable" error (one not reported: another service's database, a full pool) is
+    kept, as one line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not (is_database_unavailable(exc) or getattr(exc, "outage_reported", False)):
+            return True
+        if getattr(exc, "outage_reported", False):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_quiet = _QuietWhileReported()
+
+
+def quiet_worker_tracebacks_during_outages() -> None:
+    """Install the filter on nameko's container logger (once per process)."""
+    containers = logging.getLogger("nameko.containers")
+    if _quiet not in containers.filters:
+        containers.addFilter(_quiet)
 
 
 class Database(DependencyProvider):
@@ -150,6 +426,8 @@ class Database(DependencyProvider):
             raise RuntimeError(f"{self.container.service_name}: config has no {self.url_key}") from None
         self.engine = create_db_engine(url, pool_size=int(config.get(self.pool_size_key, 10)))
         self.make_session = sessionmaker(self.engine, expire_on_commit=False)
+        self.outage = outage_for(self.engine.url, f"{self.container.service_name} database ({_describe(self.engine.url)})")
+        quiet_worker_tracebacks_during_outages()
 
     def stop(self):
         if self.engine is not None:
@@ -165,5 +443,17 @@ class Database(DependencyProvider):
 
     def worker_teardown(self, worker_ctx):
         session = self.sessions.pop(worker_ctx, None)
-        if session is not None:
+        if session is None:
+            return
+        try:
             session.close()
+        except Exception as exc:
+            # Closing rolls back, which fails on a connection the database dropped. Raised
+            # here it would kill the whole container (nameko treats a failed teardown as
+            # fatal): throw the connection away instead.
+            try:
+                session.invalidate()
+            except Exception:  # nothing left to release
+                pass
+            if not is_database_unavailable(exc):
+                logger.exception("%s: closing a database session failed", self.container.service_name)

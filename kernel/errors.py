@@ -61,3 +61,11 @@ class RecipientNotFound(UserNotFound):
 @deserialize_to_instance
 class DependencyUnavailable(ServiceError):
     """A service could not reach another service it needs (it did not answer in time)."""
+
+
+@deserialize_to_instance
+class DatabaseUnavailable(DependencyUnavailable):
+    """A service could not reach its own database (refused, cut, timed out): try again
+    shortly. Raised for every entry point by ``kernel.rpc.Rpc`` (see
+    ``kernel.db.is_database_unavailable``); a ``DependencyUnavailable``, so a caller that
+    answers 503 for one answers 503 for both."""

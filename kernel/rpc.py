@@ -72,6 +72,16 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
 class Rpc(nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
 
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        # One place for every service: an entry point that failed because its database
+        # does not answer replies with the typed ``DatabaseUnavailable`` (the gateway
+        # answers 503), not the driver's error (which it could only answer with a 500).
+        if exc_info is not None:
+            from kernel.db import database_unavailable_reply
+
+            exc_info = database_unavailable_reply(exc_info, self.container.service_name)
+        return super().handle_result(message, worker_ctx, result, exc_info)
+
 
 rpc = Rpc.decorator
 

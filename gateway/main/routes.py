@@ -8,6 +8,7 @@ from flask import abort, current_app, flash, jsonify, redirect, render_template,
 from flask_babel import _
 from flask_login import current_user, login_required
 
+from gateway.errors import RETRY_AFTER, UNAVAILABLE
 from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
@@ -154,13 +155,14 @@ def _await_projection(position: int) -> None:
     """Read your own writes: the page's badge (and the first poll after it) come from the
     notifications projection, which applies the InboxRead just appended a moment later.
     Without this wait, opening Messages could show the old count until the next poll.
-    Bounded: past the wait, or with the service down, the page renders anyway."""
+    Bounded: past the wait, or with the service (or its database) down, the page renders
+    anyway."""
     deadline = time.monotonic() + READ_YOUR_WRITES_WAIT
     try:
         while services().notifications.position() < position and time.monotonic() < deadline:
             time.sleep(0.005)
-    except ServiceUnavailable:
-        current_app.logger.warning("notifications service unavailable; the badge may lag")
+    except UNAVAILABLE as exc:
+        current_app.logger.warning("notifications unavailable (%s); the badge may lag", exc)
 
 
 @bp.route("/notifications")
@@ -170,8 +172,18 @@ def notifications():
     Anonymous callers get 401 JSON (not a redirect: a script is asking). ``since`` is a
     Unix time; absent means 0; anything else that is not a finite number 0 or more
     (``abc``, ``nan``, ``inf``, empty) is a 400 with a JSON error, never silently 0,
-    because a client sending it has a bug worth seeing.
+    because a client sending it has a bug worth seeing. A service (or its database) that
+    does not answer is a 503 with a JSON error, which the page's poll skips.
     """
+    try:
+        return _notifications()
+    except UNAVAILABLE as exc:
+        current_app.logger.warning("poll: %s", exc)
+        response = jsonify(error=_("Notifications are unavailable right now; please try again shortly."))
+        return response, 503, {"Retry-After": str(RETRY_AFTER)}
+
+
+def _notifications():
     user_id = _session_user_id()
     if user_id is None:
         return jsonify(error=_("Please log in to access this page.")), 401

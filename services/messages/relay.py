@@ -20,7 +20,7 @@ from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
 from sqlalchemy import update
 
-from kernel.db import autocommit_engine_for
+from kernel.db import autocommit_engine_for, is_database_unavailable
 from services.messages import log
 from services.messages.models import Counter
 
@@ -113,7 +113,8 @@ class OutboxRelay:
                 # would only burn the CPU the service needs for taking new messages.
                 failures += 1
                 delay = min(self.poll_interval * 2 ** failures, MAX_BACKOFF)
-                logger.warning("outbox relay: publishing failed (%s); retrying in %.1fs", exc, delay)
+                if not is_database_unavailable(exc):  # a database outage is logged once (kernel.db.Outage)
+                    logger.warning("outbox relay: publishing failed (%s); retrying in %.1fs", exc, delay)
                 eventlet.sleep(delay)
                 continue
             failures = 0

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from typing import Callable
 
-from kernel.db import autocommit_engine_for
+from kernel.db import Outage, autocommit_engine_for, is_database_unavailable
+from kernel.errors import DependencyUnavailable
 from kernel.events import Event
 from services.notifications import store
 from services.notifications.projection import keys_of
@@ -214,6 +216,65 @@ class Projector:
         if self.turn.take_activity():
             return 0
         return self.catch_up()
+
+
+class Backoff:
+    """How deliveries and the feed check retry while the projection's database, or the
+    messages feed, does not answer: each attempt first waits until that outage's next
+    attempt is due (shared by the whole process, so ten deliveries retry together a few
+    times per ``Outage.cap`` seconds, not in a hot loop; a delivery waits before it takes a
+    worker, see ``service.ProjectedEventHandler``), and a failure is reported to its
+    ``Outage`` (one log line per outage) before the caller lets the event be redelivered.
+    Nothing is lost meanwhile: the broker keeps the events, and the tracking row (applied
+    only with the rows it covers) and the feed catch-up apply each exactly once after."""
+
+    def __init__(self, database: Outage, feed: Outage):
+        self.database = database
+        self.feed = feed
+        self._released = threading.Event()  # green under eventlet's monkey patching
+
+    def outage_of(self, exc: BaseException) -> Outage | None:
+        """Which outage ``exc`` reports: the projection's own database, the feed (the
+        messages service unavailable, or its database), or neither (a real bug: raise)."""
+        if isinstance(exc, DependencyUnavailable):  # from the feed RPC, DatabaseUnavailable included
+            return self.feed
+        if is_database_unavailable(exc):
+            return self.database
+        return None
+
+    def due_in(self) -> float:
+        """Seconds until the next attempt is due (0 when both answer, or once released)."""
+        if self._released.is_set():
+            return 0.0
+        return max(self.database.due_in(), self.feed.due_in())
+
+    def wait(self) -> None:
+        delay = self.due_in()
+        if delay > 0:
+            self._released.wait(delay)
+
+    def attempt(self, work: Callable, wait: bool = True):
+        """``work()`` once the next attempt is due (``wait=False``: the caller waited);
+        an outage's error is reported, marked (see ``kernel.db.Outage``) and raised."""
+        if wait:
+            self.wait()
+        try:
+            result = work()
+        except Exception as exc:
+            outage = self.outage_of(exc)
+            if outage is None:
+                raise
+            if outage is self.feed or not getattr(exc, "outage_reported", False):
+                outage.failed(exc)  # the engine reports its own errors (kernel.db.watch_outages)
+            raise
+        self.feed.succeeded()
+        self.database.succeeded()
+        return result
+
+    def release(self) -> None:
+        """The service is stopping: no more waiting (the outages, shared by the process,
+        are left as they are)."""
+        self._released.set()
 
 
 def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:

@@ -2,19 +2,19 @@
 import logging
 
 from nameko.constants import NON_PERSISTENT
-from nameko.events import EventDispatcher, event_handler
+from nameko.events import EventDispatcher, EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
-from kernel.db import Database
+from kernel.db import Database, Outage
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
-from services.notifications.projector import Projector, Turn
+from services.notifications.projector import Backoff, Projector, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,38 @@ class ConfiguredTimer(Timer):
 feed_check = ConfiguredTimer.decorator
 
 
+class ProjectedEventHandler(EventHandler):
+    """nameko's ``event_handler``, backing off while the projection's database (or the
+    feed) is down: a delivery waits for the process's next attempt *before* it takes a
+    worker. Waiting in a worker held one of the ``max_workers`` slots the RPCs need (the
+    badge, the poll): ten waiting deliveries made every page wait up to the backoff. Stopping
+    it ends the waits, so a process stopped during an outage stops at once (the events go
+    back to the queue)."""
+
+    _provider = None
+
+    def _projector_provider(self):
+        if self._provider is None:
+            self._provider = next((dependency for dependency in self.container.dependencies
+                                   if isinstance(dependency, ProjectorProvider)), None)
+        return self._provider
+
+    def handle_message(self, body, message):
+        provider = self._projector_provider()
+        if provider is not None and provider.backoff is not None:
+            provider.backoff.wait()
+        super().handle_message(body, message)
+
+    def stop(self):
+        provider = self._projector_provider()
+        if provider is not None:
+            provider.release()
+        super().stop()
+
+
+event_handler = ProjectedEventHandler.decorator
+
+
 class ProjectorProvider(DependencyProvider):
     """A ``Projector`` per worker, on the worker's session factory and the messages feed."""
 
@@ -50,9 +82,21 @@ class ProjectorProvider(DependencyProvider):
         from eventlet.semaphore import Semaphore
 
         self.turn = Turn(Semaphore(1))
+        self.feed_outage = Outage("notifications: the messages feed (messages.events_after)")
+        self.backoff: Backoff | None = None
+
+    def _database(self):
+        return next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
+
+    def start(self):
+        self.backoff = Backoff(self._database().outage, self.feed_outage)
+
+    def release(self):
+        if self.backoff is not None:
+            self.backoff.release()
 
     def get_dependency(self, worker_ctx):
-        database = next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
+        database = self._database()
         service = worker_ctx.service
 
         def feed(after, limit):
@@ -68,7 +112,9 @@ class ProjectorProvider(DependencyProvider):
             except Exception:
                 logger.exception("notifications: could not announce a change")
 
-        return Projector(database.make_session, feed, turn=self.turn, announce=announce)
+        projector = Projector(database.make_session, feed, turn=self.turn, announce=announce)
+        projector.backoff = self.backoff
+        return projector
 
 
 def _valid_user_id(user_id) -> int:
@@ -95,7 +141,9 @@ class NotificationsService(HealthCheck):
             # Not an event this code can read; the feed will show the same. Say so loudly.
             logger.error("notifications: dropping unreadable event %r", payload)
             return
-        self.projector.handle(event)
+        # Database (or feed) down: report it and raise, so the event goes back to the queue
+        # (requeue_on_error); its redelivery waits for the next attempt (handle_message).
+        self.projector.backoff.attempt(lambda: self.projector.handle(event), wait=False)
 
     # requeue_on_error: an event that could not be applied (database down ...) comes back.
     @event_handler("messages", "MessageSent", requeue_on_error=True)
@@ -109,7 +157,15 @@ class NotificationsService(HealthCheck):
     @feed_check("FEED_CHECK_INTERVAL", 3.0)
     def check_feed(self):
         """Catches the case where the last event was lost and no later one reveals the gap."""
-        applied = self.projector.check()
+        backoff = self.projector.backoff
+        if backoff.due_in() > 0:
+            return  # an outage: the deliveries' backoff decides when to try again
+        try:
+            applied = backoff.attempt(self.projector.check)
+        except Exception as exc:
+            if backoff.outage_of(exc) is None:
+                raise
+            return  # reported by the outage; the next look after its backoff
         if applied:
             logger.info("notifications: caught up %s events from the feed", applied)
 
