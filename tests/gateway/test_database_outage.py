@@ -14,6 +14,7 @@ from gateway.settings import GatewaySettings
 from kernel.errors import DatabaseUnavailable
 
 BADGE = re.compile(r'<span id="message_count"([^>]*)>(\d+)<')
+TOKEN = "a" * 43  # a session the stand-in users service knows
 PAGES = ("/index", "/user/john", "/send_message/john", "/edit_profile", "/messages")
 
 
@@ -27,7 +28,8 @@ class Services:
     def __init__(self, down=()):
         profile = {"id": 1, "username": "john", "about_me": "", "last_seen": datetime.now(timezone.utc).isoformat()}
         self.users = SimpleNamespace(get_user=lambda uid: profile, get_user_by_username=lambda name: profile,
-                                     get_users=lambda ids: {}, record_seen=lambda uid: None)
+                                     get_users=lambda ids: {}, record_seen=lambda uid: None,
+                                     check_session=lambda uid, token: profile if token == TOKEN else None)
         self.messages = SimpleNamespace(
             mark_inbox_read=lambda uid: {"event_type": "InboxRead", "position": 7, "user_id": uid},
             inbox=lambda uid, page: {"messages": [], "pages": 1, "has_next": False, "has_prev": False})
@@ -46,7 +48,7 @@ def _client(services):
     settings = GatewaySettings(secret_key="db-outage", amqp_uri="amqp://unused//", poll_cache_ttl=0)
     client = create_app(settings, rpc=services).test_client()
     with client.session_transaction() as session:
-        session["_user_id"] = "1"
+        session["_user_id"] = f"1:{TOKEN}"
         session["_fresh"] = True
     return client
 
