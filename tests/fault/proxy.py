@@ -7,6 +7,7 @@ server (RabbitMQ, PostgreSQL) without touching the server itself.
     proxy.restore()    # accepts again, on the same port
     proxy.stall()      # connections stay open but nothing passes either way (a hung peer)
     proxy.stall("down")  # the server receives (and commits) but its answers are held
+    proxy.hold_answers_after(b"marker")  # the same, only for the connection that sends it
     proxy.stop()
 
 Threads (green under the tests' ``eventlet.monkey_patch()``) copy bytes each way; the
@@ -28,6 +29,7 @@ class TcpProxy:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stalled = {"up": threading.Event(), "down": threading.Event()}
+        self._marker: bytes | None = None
         self._generation = 0
         self.accepted = 0
 
@@ -67,18 +69,22 @@ class TcpProxy:
             with self._lock:
                 self.accepted += 1
                 self._connections.update((client, upstream))
+            held = threading.Event()  # this connection's answers are held (hold_answers_after)
             for source, sink, direction in ((client, upstream, "up"), (upstream, client, "down")):
-                threading.Thread(target=self._pipe, args=(source, sink, self._stalled[direction]), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(source, sink, direction, held), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, stalled: threading.Event) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str, held: threading.Event) -> None:
+        stalled = self._stalled[direction]
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                while stalled.is_set():
+                while stalled.is_set() or (direction == "down" and held.is_set()):
                     time.sleep(0.01)
                 sink.sendall(data)
+                if direction == "up" and self._marker is not None and self._marker in data:
+                    held.set()
         except (OSError, EOFError):  # eventlet raises EOFError when another thread closed it
             pass
         finally:
@@ -130,7 +136,16 @@ class TcpProxy:
         for name in ("up", "down") if direction == "both" else (direction,):
             self._stalled[name].set()
 
+    def hold_answers_after(self, marker: bytes | None) -> None:
+        """From now on, a connection whose client sends ``marker`` gets nothing more back
+        (the server still receives, and commits, what it was sent); other connections,
+        new ones included, pass. ``None`` stops marking (held connections stay held until
+        ``cut``). Deterministic where ``stall("down")`` is not: a client that must open a
+        new connection first cannot even log in through a stall."""
+        self._marker = marker
+
     def _unstall(self) -> None:
+        self._marker = None
         for event in self._stalled.values():
             event.clear()
 

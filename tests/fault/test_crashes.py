@@ -55,7 +55,8 @@ def test_a_send_committed_by_a_service_killed_before_it_replied_is_made_once(tmp
                           allow_redirects=False).status_code == 302
 
         form = cluster.send_form(susan, "john")
-        database.stall("down")  # PostgreSQL commits what it is sent; the service hears nothing back
+        # PostgreSQL commits the send; the service hears nothing back on that connection.
+        database.hold_answers_after("the one".encode())
 
         def submit():
             return susan.post(cluster.base + "/send_message/john", data={**form, "message": "the one"},
