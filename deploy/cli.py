@@ -345,6 +345,11 @@ def _notifications_tools():
     from kernel.db import create_db_engine, dispose
     from kernel.rpc import ClusterRpcProxy
 
+    import logging
+
+    # py-amqp warns about frames arriving while a channel closes (after a failed call):
+    # noise next to the one line that says what failed.
+    logging.getLogger("amqp").setLevel(logging.ERROR)
     config = {}
     with _reported():
         config = SERVICES["notifications"].nameko_config()
@@ -423,6 +428,44 @@ def verify(wait):
         click.echo(f"verify: {len(problems)} difference(s)", err=True)
         sys.exit(1)
     click.echo(f"verify: the projection matches a fresh replay and the messages service (position {position})")
+
+
+@main.command()
+@click.option("--max-lag", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Exit 1 if a projection is more than this many events behind the log.")
+@click.option("--max-backlog", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Exit 1 if more than this many events wait to be published.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait for each answer")
+def status(max_lag, max_backlog, timeout):
+    """Print each projection's position, the log's head and the lag, and the outbox
+    backlog (AMQP_URI); exit 1 if a bound is crossed or a service does not answer."""
+    import eventlet
+
+    eventlet.monkey_patch()
+    from deploy.startup import check_broker
+    from deploy.status import gather
+    from kernel.rpc_pool import RpcPool
+    from kernel.settings import amqp_uri
+
+    import logging
+
+    logging.getLogger("amqp").setLevel(logging.ERROR)  # see _notifications_tools
+    uri = ""
+    with _reported():
+        uri = amqp_uri()
+        check_broker(uri, timeout=timeout)
+    pool = RpcPool({"AMQP_URI": uri}, size=1, timeout=timeout, acquire_timeout=timeout)
+    try:
+        report = gather(pool.call, max_lag=max_lag, max_backlog=max_backlog)
+    finally:
+        pool.stop()
+    for line in report.lines:
+        click.echo(line)
+    if report.problems:
+        for problem in report.problems:
+            click.echo(f"status: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"status: ok (lag at most {max_lag}, backlog at most {max_backlog})")
 
 
 def _redact(uri: str) -> str:

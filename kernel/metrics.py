@@ -46,12 +46,14 @@ PROJECTION_HEAD = Gauge(
 PROJECTION_LAG = Gauge(
     "microblog_projection_lag", "Events the projection has still to apply (head - position)", ["projection"],
     multiprocess_mode="max")
-OUTBOX_HEAD = Gauge("microblog_outbox_log_head", "Position of the last event appended to the messages log",
-                    multiprocess_mode="max")
+# Labelled by the service that owns the log (messages), so that processes which never set
+# them (the gateway, users) show no misleading zero.
+OUTBOX_HEAD = Gauge("microblog_outbox_log_head", "Position of the last event appended to the log",
+                    ["service"], multiprocess_mode="max")
 OUTBOX_PUBLISHED = Gauge("microblog_outbox_published", "Position of the last event the outbox relay published",
-                         multiprocess_mode="max")
+                         ["service"], multiprocess_mode="max")
 OUTBOX_BACKLOG = Gauge("microblog_outbox_backlog", "Events appended but not yet published (log head - published)",
-                       multiprocess_mode="max")
+                       ["service"], multiprocess_mode="max")
 
 # -- gateway ----------------------------------------------------------------------------
 
@@ -69,10 +71,10 @@ RPC_CALL_DURATION = Histogram(
     ["service", "method"], buckets=BUCKETS)
 
 
-def set_outbox(head: int, published: int) -> dict:
-    OUTBOX_HEAD.set(head)
-    OUTBOX_PUBLISHED.set(published)
-    OUTBOX_BACKLOG.set(max(head - published, 0))
+def set_outbox(head: int, published: int, service: str = "messages") -> dict:
+    OUTBOX_HEAD.labels(service).set(head)
+    OUTBOX_PUBLISHED.labels(service).set(published)
+    OUTBOX_BACKLOG.labels(service).set(max(head - published, 0))
     return {"head": head, "published": published, "backlog": max(head - published, 0)}
 
 
@@ -127,6 +129,14 @@ class MetricsTimer(Timer):
     def start(self):
         if self.enabled:
             super().start()
+
+    def stop(self):
+        if self.enabled:
+            super().stop()
+
+    def kill(self):
+        if self.enabled:
+            super().kill()
 
 
 def metrics_refresh(fn):
