@@ -144,7 +144,7 @@ def _serve_service(name: str, migrate: bool) -> None:
 
     from deploy.registry import SERVICES
     from deploy.registry import migrate as apply_migrations
-    from deploy.startup import check_broker, check_database, first_line
+    from deploy.startup import check_broker, check_database, first_line, startup_timeout
 
     spec = SERVICES[name]
     config = {}
@@ -174,14 +174,19 @@ def _serve_service(name: str, migrate: bool) -> None:
         eventlet.spawn_n(runner.stop)
 
     signal.signal(signal.SIGTERM, shutdown)
+    # runner.start() returns once every entry point consumes its queue (nameko's
+    # QueueConsumer waits for its consumers), so "running" below means running. If the
+    # broker went away since the check, it would wait forever: bounded here.
+    limit = startup_timeout() + 10
     try:
-        # Returns once every entry point consumes its queue (nameko's QueueConsumer waits
-        # for its consumers), so "running" below means running.
-        runner.start()
-    except Exception as exc:
-        runner.kill()
-        _fail(f"{name} service could not start (broker {_redact(config['AMQP_URI'])}): "
-              f"{type(exc).__name__}: {first_line(exc)}", 1)
+        with eventlet.Timeout(limit):
+            runner.start()
+    except (Exception, eventlet.Timeout) as exc:
+        reason = (f"its consumers did not connect within {limit:g} s" if isinstance(exc, eventlet.Timeout)
+                  else f"{type(exc).__name__}: {first_line(exc)}")
+        with contextlib.suppress(Exception, eventlet.Timeout), eventlet.Timeout(5):
+            runner.kill()
+        _fail(f"{name} service could not start (broker {_redact(config['AMQP_URI'])}): {reason}", 1)
     click.echo(f"{name} service is running (broker {_redact(config['AMQP_URI'])}"
                + (f"; metrics on :{config['METRICS_PORT']}/metrics" if config.get("METRICS_PORT") else "") + ")")
     try:

@@ -100,3 +100,38 @@ def test_a_service_started_before_its_broker_comes_up_once_the_broker_does(tmp_p
     finally:
         assert stop(users) == 0
         broker.stop()
+
+
+def test_a_broker_that_hangs_after_the_check_stops_the_start_in_bounded_time(tmp_path, good_dbs, rabbit_config):
+    """The check passed, then the broker stops answering (a hung peer) before the service's
+    consumers connect: the service gives up after STARTUP_TIMEOUT + 10 s with one line,
+    instead of hanging, and never says it is running."""
+    import threading
+
+    broker = TcpProxy(("127.0.0.1", 5672)).start()
+    uri = rabbit_config["AMQP_URI"].replace(":5672", f":{broker.port}")
+
+    def stall_after_the_check():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if broker.accepted >= 1 and not broker._connections:  # the check's connection came and went
+                broker.stall()
+                return
+            time.sleep(0.005)
+
+    staller = threading.Thread(target=stall_after_the_check, daemon=True)
+    staller.start()
+    started = time.monotonic()
+    try:
+        result = run(["serve", "users"], {"AMQP_URI": uri, **good_dbs}, timeout=60)
+    finally:
+        broker.stop()
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert broker._stalled.is_set() or broker.is_cut, "the proxy never stalled: the test did not test"
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is running" not in result.stdout
+    assert "Traceback" not in result.stderr
+    # kombu's "Error connecting ... Retrying in N seconds" lines may come first (progress a
+    # person can read); the last line says why the service gave up.
+    assert "users service could not start" in lines[-1] and "did not connect within 11 s" in lines[-1], result.stderr
+    assert time.monotonic() - started < 40
