@@ -64,9 +64,15 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("args, fault, code, words", CASES,
-                         ids=[f"{' '.join(c[0][:2])}-{next(iter(c[1]), 'none')}={next(iter(c[1].values()), '')[:24]}"
-                              for c in CASES])
+def case_id(case) -> str:
+    args, fault = case[0], case[1]
+    kind = {WRONG_VHOST: "wrong-vhost", MISSING_DB: "missing-database", BAD_AMQP: "bad-url", BAD_DB: "bad-url",
+            "unreachable": "unreachable-broker"}
+    what = next((f"{kind.get(v, 'bad-url')}-{k}" for k, v in fault.items()), "no-service-running")
+    return "-".join(a for a in args[:2] if not a.startswith("-")) + ":" + what
+
+
+@pytest.mark.parametrize("args, fault, code, words", CASES, ids=[case_id(c) for c in CASES])
 def test_a_startup_error_is_one_line_and_a_non_zero_exit(args, fault, code, words, good_dbs, rabbit_config, tmp_path):
     fault = {key: unreachable_broker() if value == "unreachable" else value for key, value in fault.items()}
     # A fresh vhost of its own (nothing serves there) unless the case names another broker.
