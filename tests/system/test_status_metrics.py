@@ -157,3 +157,43 @@ def test_status_and_metrics_against_the_running_services(tmp_path, real_infra, r
         for connection in locks:
             connection.close()
         cluster.stop_all()
+
+
+def test_embedded_mode_serves_every_metric_from_its_one_process(tmp_path):
+    """``microblog run``: services and gateway share one process, so the gateway's /metrics
+    shows both the requests it answered and the RPC requests the services handled."""
+    from flask.testing import FlaskClient
+
+    from deploy.embedded import EmbeddedSystem
+    from tests.helpers import login, register
+
+    def scrape_app(client: FlaskClient) -> dict:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(response.get_data(as_text=True))
+                for sample in family.samples}
+
+    def delta(after, before, name, **labels):
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    system = EmbeddedSystem(tmp_path, secret_key="embedded-metrics").start()
+    try:
+        client = system.app.test_client()
+        before = scrape_app(client)  # the registry is per process: other tests' figures are in it too
+        assert register(client, "susan").status_code == 302
+        assert login(client, "susan").status_code == 302
+        assert client.get("/no/such/page").status_code == 404
+        assert system.rpc.call("messages", "stats") == {"head": 0, "published": 0, "backlog": 0}
+        after = scrape_app(client)
+        assert delta(after, before, "microblog_http_requests_total", endpoint="auth.register", method="POST",
+                     status="302") == 1
+        assert delta(after, before, "microblog_http_requests_total", endpoint="unmatched", method="GET",
+                     status="404") == 1
+        assert delta(after, before, "microblog_rpc_requests_total", service="users", method="register",
+                     outcome="ok") == 1
+        assert delta(after, before, "microblog_rpc_requests_total", service="messages", method="stats",
+                     outcome="ok") == 1
+        assert value(after, "microblog_outbox_backlog", service="messages") == 0
+    finally:
+        system.stop()
