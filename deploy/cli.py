@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -350,8 +351,6 @@ def _notifications_tools():
     from kernel.db import create_db_engine, dispose
     from kernel.rpc import ClusterRpcProxy
 
-    import logging
-
     # py-amqp warns about frames arriving while a channel closes (after a failed call):
     # noise next to the one line that says what failed.
     logging.getLogger("amqp").setLevel(logging.ERROR)
@@ -451,8 +450,6 @@ def status(max_lag, max_backlog, timeout):
     from deploy.status import gather
     from kernel.rpc_pool import RpcPool
     from kernel.settings import amqp_uri
-
-    import logging
 
     logging.getLogger("amqp").setLevel(logging.ERROR)  # see _notifications_tools
     uri = ""

@@ -16,6 +16,7 @@ Every metric is documented in deploy/README.md ("Metrics").
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -25,6 +26,8 @@ from nameko.timer import Timer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
 
 # Latency buckets (seconds) for calls that take from a millisecond to a timeout.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -141,6 +144,16 @@ class MetricsTimer(Timer):
 
 def metrics_refresh(fn):
     return MetricsTimer.decorator(5.0)(fn)
+
+
+def refresh_quietly(stats) -> None:
+    """Call ``stats()`` for its side effect on the gauges. A failure (the database or a
+    service down) is left to the RPC metrics and ``microblog status`` to show: a timer
+    that raised would log a traceback every few seconds for the whole outage."""
+    try:
+        stats()
+    except Exception as exc:
+        logger.debug("metrics: gauges not refreshed (%s: %s)", type(exc).__name__, exc)
 
 
 def serve(port: int, host: str = "0.0.0.0") -> None:

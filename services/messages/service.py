@@ -4,7 +4,7 @@ from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.health import HealthCheck
-from kernel.metrics import Metrics, metrics_refresh, set_outbox
+from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands, inbox, log
 from services.messages.models import Counter
@@ -82,4 +82,4 @@ class MessagesService(HealthCheck):
 
     @metrics_refresh
     def refresh_metrics(self):
-        self.stats()
+        refresh_quietly(self.stats)

@@ -11,7 +11,7 @@ from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
-from kernel.metrics import Metrics, metrics_refresh, set_projection
+from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
@@ -151,4 +151,4 @@ class NotificationsService(HealthCheck):
 
     @metrics_refresh
     def refresh_metrics(self):
-        self.stats()
+        refresh_quietly(self.stats)
