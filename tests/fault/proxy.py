@@ -93,10 +93,7 @@ class TcpProxy:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        _close_and_wake(sock)
 
     def cut(self) -> None:
         """Refuse new connections and reset every open one."""
@@ -105,10 +102,7 @@ class TcpProxy:
             self._generation += 1
             connections = list(self._connections)
         if listener is not None:
-            try:
-                listener.close()
-            except OSError:
-                pass
+            _close_and_wake(listener)
         for sock in connections:
             self._close(sock, reset=True)
         self._stalled.clear()
@@ -133,3 +127,27 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
+
+
+def _close_and_wake(sock: socket.socket) -> None:
+    """Close ``sock``; under eventlet (the tests monkey-patch), also wake any green thread
+    still waiting on it (an accept or a recv in another thread), with an OSError. Without
+    that its listener outlives the socket in eventlet's hub, and the next file to reuse the
+    descriptor number in this process (a subprocess's pipe, a later test's socket) fails
+    with "Second simultaneous read on fileno N"."""
+    try:
+        fileno = sock.fileno()
+    except OSError:
+        fileno = -1
+    try:
+        sock.close()
+    except OSError:
+        pass
+    if fileno < 0:
+        return
+    try:
+        from eventlet import hubs, patcher
+    except ImportError:
+        return
+    if patcher.is_monkey_patched("socket"):
+        hubs.notify_opened(fileno)  # eventlet's way to defang the listeners of a dead descriptor
