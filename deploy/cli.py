@@ -208,15 +208,22 @@ def _serve_gateway(host: str, port: int) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="microblog-gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        from deploy.startup import check_broker
+        from deploy.startup import BrokerUnreachable, check_broker, startup_timeout
         from deploy.wsgi_server import serve_gateway
         from gateway.settings import GatewaySettings
 
         with _reported():
             settings = GatewaySettings.from_env()  # fail now, with a clear message, not in each worker
-            # The gateway connects lazily (per request); checking once here turns a wrong
-            # AMQP_URI into one line at start instead of a 503 on every page.
-            check_broker(settings.amqp_uri)
+            # The gateway connects lazily (per request). Checking once here turns an
+            # AMQP_URI that cannot work (malformed, wrong vhost or login) into one line at
+            # start instead of a 503 on every page. A broker that merely does not answer
+            # yet is not a reason to stay down: pages that need no service still work and
+            # the rest answer 503 until it does, as when the broker goes away later.
+            try:
+                check_broker(settings.amqp_uri, timeout=min(startup_timeout(), 2.0))
+            except BrokerUnreachable as exc:
+                click.echo(f"Warning: {exc}; serving anyway (pages that need a service answer 503 until "
+                           "the broker answers)", err=True)
         serve_gateway(host, port)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -27,6 +27,10 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+class BrokerUnreachable(StartupError):
+    """The broker did not answer (as opposed to refusing us): waiting may fix it."""
+
+
 def startup_timeout() -> float:
     """``STARTUP_TIMEOUT``: seconds a command keeps retrying a broker or database that does
     not answer before it gives up (default 10)."""
@@ -80,7 +84,10 @@ def check_broker(uri: str, timeout: float | None = None, setting: str = "AMQP_UR
     except ValueError as exc:
         raise StartupError(f"{setting} is not a usable broker URL ({where}): {first_line(exc)}", BAD_SETTING) from None
     except Exception as exc:
-        raise StartupError(_broker_problem(exc, where, time.monotonic() - started)) from None
+        from amqp.exceptions import AccessRefused, NotAllowed
+
+        kind = StartupError if isinstance(exc, (AccessRefused, NotAllowed)) else BrokerUnreachable
+        raise kind(_broker_problem(exc, where, time.monotonic() - started)) from None
     finally:
         try:
             connection.release()

@@ -8,9 +8,10 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 from tests.fault.proxy import TcpProxy
-from tests.system.test_commands import MICROBLOG, free_port, start, stop, wait_for_log
+from tests.system.test_commands import CSRF, MICROBLOG, free_port, start, stop, wait_for_http, wait_for_log
 
 WRONG_VHOST = "amqp://guest:guest@127.0.0.1:5672/no-such-vhost"
 MISSING_DB = "postgresql://postgres:sekrit@127.0.0.1:5432/microblog_no_such_database"
@@ -50,7 +51,6 @@ CASES = [
     (["serve", "messages"], {"MESSAGES_DATABASE_URL": MISSING_DB}, 1, ["cannot reach database", "does not exist"]),
     (["serve", "notifications"], {"AMQP_URI": WRONG_VHOST}, 1, ["refused the virtual host"]),
     (["serve", "gateway", "--host", "127.0.0.1"], {"AMQP_URI": WRONG_VHOST}, 1, ["refused the virtual host"]),
-    (["serve", "gateway", "--host", "127.0.0.1"], {"AMQP_URI": "unreachable"}, 1, ["cannot reach the broker at"]),
     (["serve", "gateway", "--host", "127.0.0.1"], {"AMQP_URI": "nonsense"}, 2, ["AMQP_URI is not a broker URL"]),
     (["migrate", "users"], {"USERS_DATABASE_URL": MISSING_DB}, 1, ["cannot reach database", "does not exist"]),
     (["migrate", "all"], {"NOTIFICATIONS_DATABASE_URL": BAD_DB}, 2, ["NOTIFICATIONS_DATABASE_URL is not a usable"]),
@@ -88,6 +88,32 @@ def test_a_startup_error_is_one_line_and_a_non_zero_exit(args, fault, code, word
     assert "sekrit" not in result.stderr and "guest:guest" not in result.stderr  # passwords hidden
     assert "is running" not in result.stdout
     assert time.monotonic() - started < 30  # bounded: STARTUP_TIMEOUT is 1 s here
+
+
+def test_the_gateway_serves_while_its_broker_does_not_answer_and_says_so_once(tmp_path, good_dbs):
+    """A broker that does not answer (yet) is no reason for the gateway to stay down: it
+    warns in one line and serves (pages that need a service answer 503 until the broker
+    does). A broker that refuses it (wrong vhost, login) or a malformed URL stops it: above."""
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    gateway = start(["serve", "gateway", "--host", "127.0.0.1"],
+                    {"AMQP_URI": unreachable_broker(), "SECRET_KEY": "startup-test", "PORT": str(port),
+                     "RPC_TIMEOUT": "2", "GATEWAY_ACCESS_LOG": ""}, log)
+    try:
+        response = wait_for_http(f"http://127.0.0.1:{port}/healthz", gateway, log)
+        assert response.status_code == 200
+        browser = requests.Session()
+        page = browser.get(f"http://127.0.0.1:{port}/auth/login", timeout=30)
+        assert page.status_code == 200  # needs no service
+        token = CSRF.search(page.text).group(1)
+        signing_in = browser.post(f"http://127.0.0.1:{port}/auth/login", allow_redirects=False, timeout=30,
+                                  data={"csrf_token": token, "username": "susan", "password": "whatever12"})
+        assert signing_in.status_code == 503  # needs the users service, through the broker
+        warnings = [line for line in log.read_text().splitlines() if line.startswith("Warning:")]
+        assert len(warnings) == 1 and "cannot reach the broker at" in warnings[0], log.read_text()
+        assert "Traceback" not in log.read_text()
+    finally:
+        assert stop(gateway) == 0
 
 
 def test_a_service_started_before_its_broker_comes_up_once_the_broker_does(tmp_path, good_dbs, rabbit_config):
