@@ -1,6 +1,8 @@
 """The ``microblog`` command: run the embedded system, or serve one service or the gateway."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -16,9 +18,57 @@ SERVICE_NAMES = ("users", "messages", "notifications")
 DEPLOYABLES = SERVICE_NAMES + ("gateway",)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(code)
+
+
+class _reported(contextlib.ContextDecorator):
+    """Turns the errors a person can act on into one line on stderr and an exit code,
+    never a traceback: a bad setting (2), a broker or database that refuses or does not
+    answer, a service nobody runs (1). ``database``/``broker``: the URLs to name (or
+    callables returning them). A context manager, or a decorator on a command."""
+
+    def __init__(self, database=None, broker=None):
+        self._database = database
+        self._broker = broker
+
+    @property
+    def database(self):
+        return self._database() if callable(self._database) else self._database
+
+    @property
+    def broker(self):
+        return self._broker() if callable(self._broker) else self._broker
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        from deploy.startup import StartupError, describe_broker_error, describe_database_error, first_line
+        from kernel.settings import SettingsError
+
+        if isinstance(exc, StartupError):
+            _fail(str(exc), exc.exit_code)
+        if isinstance(exc, SettingsError):
+            _fail(str(exc))
+        message = None
+        if self.database:
+            message = describe_database_error(exc, self.database)
+        if message is None and self.broker:
+            message = describe_broker_error(exc, self.broker)
+        if message is None:
+            from nameko.exceptions import RpcTimeout, UnknownService
+
+            if isinstance(exc, UnknownService):
+                message = f"{first_line(exc)}: is that service running (and on this AMQP_URI)?"
+            elif isinstance(exc, RpcTimeout):
+                message = f"a service did not answer in time ({first_line(exc)})"
+        if message is None:
+            return False  # a bug: let the traceback show where
+        _fail(message, 1)
 
 
 @click.group()
@@ -98,15 +148,28 @@ def _serve_service(name: str, migrate: bool) -> None:
 
     from deploy.registry import SERVICES
     from deploy.registry import migrate as apply_migrations
-    from kernel.settings import SettingsError
+    from deploy.startup import check_broker, check_database, first_line, startup_timeout
 
     spec = SERVICES[name]
-    try:
+    config = {}
+    with _reported():
         config = spec.nameko_config()
-    except SettingsError as exc:
-        _fail(str(exc))
-    if migrate:
-        apply_migrations(spec, config[spec.database_key])
+    url = config[spec.database_key]
+    # Both servers are checked before anything starts: a wrong vhost, an unreachable
+    # broker, a missing database or a bad URL is one line and a non-zero exit, not a
+    # traceback followed by "running".
+    with _reported(database=url, broker=config["AMQP_URI"]):
+        check_database(url, spec.database_key)
+        check_broker(config["AMQP_URI"])
+        if migrate:
+            apply_migrations(spec, url)
+    if config.get("METRICS_PORT"):
+        from kernel import metrics
+
+        try:
+            metrics.serve(config["METRICS_PORT"])
+        except OSError as exc:
+            _fail(f"cannot serve metrics on METRICS_PORT {config['METRICS_PORT']}: {exc.strerror or exc}", 1)
     from kernel import logs
 
     logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
@@ -118,24 +181,58 @@ def _serve_service(name: str, migrate: bool) -> None:
         eventlet.spawn_n(runner.stop)
 
     signal.signal(signal.SIGTERM, shutdown)
-    runner.start()
-    click.echo(f"{name} service is running (broker {_redact(config['AMQP_URI'])})")
+    # runner.start() returns once every entry point consumes its queue (nameko's
+    # QueueConsumer waits for its consumers), so "running" below means running. If the
+    # broker went away since the check, it would wait forever: bounded here.
+    limit = startup_timeout() + 10
+    try:
+        with eventlet.Timeout(limit):
+            runner.start()
+    except (Exception, eventlet.Timeout) as exc:
+        reason = (f"its consumers did not connect within {limit:g} s" if isinstance(exc, eventlet.Timeout)
+                  else f"{type(exc).__name__}: {first_line(exc)}")
+        with contextlib.suppress(Exception, eventlet.Timeout), eventlet.Timeout(5):
+            runner.kill()
+        _fail(f"{name} service could not start (broker {_redact(config['AMQP_URI'])}): {reason}", 1)
+    click.echo(f"{name} service is running (broker {_redact(config['AMQP_URI'])}"
+               + (f"; metrics on :{config['METRICS_PORT']}/metrics" if config.get("METRICS_PORT") else "") + ")")
     try:
         runner.wait()
     except KeyboardInterrupt:
         runner.stop()
+    except Exception as exc:
+        _fail(f"{name} service stopped: {type(exc).__name__}: {first_line(exc)}", 1)
 
 
 def _serve_gateway(host: str, port: int) -> None:
-    from deploy.wsgi_server import serve_gateway
-    from gateway.settings import GatewaySettings
-    from kernel.settings import SettingsError
+    import shutil
+    import tempfile
 
+    # gunicorn runs several worker processes: /metrics sums them with prometheus-client's
+    # multiprocess mode, which must be chosen before prometheus_client is first imported,
+    # in a folder of its own that starts empty.
+    metrics_dir = tempfile.mkdtemp(prefix="microblog-gateway-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        GatewaySettings.from_env()  # fail now, with a clear message, not in each worker
+        from deploy.startup import BrokerUnreachable, check_broker, startup_timeout
+        from deploy.wsgi_server import serve_gateway
+        from gateway.settings import GatewaySettings
+
+        with _reported():
+            settings = GatewaySettings.from_env()  # fail now, with a clear message, not in each worker
+            # The gateway connects lazily (per request). Checking once here turns an
+            # AMQP_URI that cannot work (malformed, wrong vhost or login) into one line at
+            # start instead of a 503 on every page. A broker that merely does not answer
+            # yet is not a reason to stay down: pages that need no service still work and
+            # the rest answer 503 until it does, as when the broker goes away later.
+            try:
+                check_broker(settings.amqp_uri, timeout=min(startup_timeout(), 2.0))
+            except BrokerUnreachable as exc:
+                click.echo(f"Warning: {exc}; serving anyway (pages that need a service answer 503 until "
+                           "the broker answers)", err=True)
         serve_gateway(host, port)
-    except SettingsError as exc:
-        _fail(str(exc))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _name_from_pid1() -> str | None:
@@ -176,13 +273,15 @@ def health(name, timeout):
 
         eventlet.monkey_patch()
         from deploy.registry import SERVICES
+        from deploy.startup import StartupError, check_broker
         from kernel.rpc_pool import RpcPool
-        from kernel.settings import SettingsError
 
-        try:
+        with _reported():
             config = SERVICES[name].nameko_config()
-        except SettingsError as exc:
-            _fail(str(exc))
+        try:
+            check_broker(config["AMQP_URI"], timeout=timeout)
+        except StartupError as exc:
+            _fail(f"{name}: unhealthy ({exc})", exc.exit_code)
         pool = RpcPool({"AMQP_URI": config["AMQP_URI"]}, size=1, timeout=timeout, acquire_timeout=timeout)
         try:
             ok = pool.call(name, "health").get("database") == "ok"
@@ -201,10 +300,15 @@ def migrate(name):
     """Apply a service's database migrations (its *_DATABASE_URL)."""
     from deploy.registry import SERVICES
     from deploy.registry import migrate as apply_migrations
+    from deploy.startup import check_database
 
     for spec in SERVICES.values() if name == "all" else [SERVICES[name]]:
-        url = spec.nameko_config()[spec.database_key]
-        apply_migrations(spec, url)
+        url = ""
+        with _reported():
+            url = spec.nameko_config()[spec.database_key]
+        with _reported(database=url):
+            check_database(url, spec.database_key)
+            apply_migrations(spec, url)
         click.echo(f"{spec.name}: database is up to date")
 
 
@@ -219,23 +323,30 @@ def replay(name):
     from sqlalchemy.orm import sessionmaker
 
     from deploy.registry import SERVICES
+    from deploy.startup import check_database
     from kernel.db import create_db_engine
     from services.messages import inbox, log
 
     spec = SERVICES[name]
-    engine = create_db_engine(spec.nameko_config()[spec.database_key], pool_size=1)
+    url = ""
+    with _reported():
+        url = spec.nameko_config()[spec.database_key]
+    with _reported(database=url):
+        check_database(url, spec.database_key)
+    engine = create_db_engine(url, pool_size=1)
     session = sessionmaker(engine)()
     try:
-        total = log.head(session)
-        with click.progressbar(length=total, label=f"Replaying {total} events into the inbox") as bar:
-            done = [0]
+        with _reported(database=url):
+            total = log.head(session)
+            with click.progressbar(length=total, label=f"Replaying {total} events into the inbox") as bar:
+                done = [0]
 
-            def progress(applied):
-                bar.update(applied - done[0])
-                done[0] = applied
+                def progress(applied):
+                    bar.update(applied - done[0])
+                    done[0] = applied
 
-            applied = inbox.replay(session, progress=progress)
-        click.echo(f"{name}: inbox rebuilt from {applied} events")
+                applied = inbox.replay(session, progress=progress)
+            click.echo(f"{name}: inbox rebuilt from {applied} events")
     finally:
         session.close()
         engine.dispose()
@@ -249,13 +360,24 @@ def _notifications_tools():
     from sqlalchemy.orm import sessionmaker
 
     from deploy.registry import SERVICES
+    from deploy.startup import check_broker, check_database
     from kernel.db import create_db_engine, dispose
     from kernel.rpc import ClusterRpcProxy
 
-    config = SERVICES["notifications"].nameko_config()
-    engine = create_db_engine(config["NOTIFICATIONS_DATABASE_URL"], pool_size=2)
+    # py-amqp warns about frames arriving while a channel closes (after a failed call):
+    # noise next to the one line that says what failed.
+    logging.getLogger("amqp").setLevel(logging.ERROR)
+    config = {}
+    with _reported():
+        config = SERVICES["notifications"].nameko_config()
+    url = config["NOTIFICATIONS_DATABASE_URL"]
+    with _reported(database=url, broker=config["AMQP_URI"]):
+        check_database(url, "NOTIFICATIONS_DATABASE_URL")
+        check_broker(config["AMQP_URI"])
+    engine = create_db_engine(url, pool_size=2)
     proxy = ClusterRpcProxy({"AMQP_URI": config["AMQP_URI"]}, timeout=60)
-    rpc = proxy.start()
+    with _reported(broker=config["AMQP_URI"]):
+        rpc = proxy.start()
 
     def close():
         proxy.stop()
@@ -264,6 +386,19 @@ def _notifications_tools():
     return sessionmaker(engine, expire_on_commit=False), rpc, close
 
 
+def _notifications_url() -> str:
+    from kernel.settings import database_url
+
+    return database_url("notifications")
+
+
+def _amqp_uri() -> str:
+    from kernel.settings import amqp_uri
+
+    return amqp_uri()
+
+
+@_reported(database=_notifications_url, broker=_amqp_uri)
 def _replay_notifications():
     from services.notifications.replay import rebuild
 
@@ -285,6 +420,7 @@ def _replay_notifications():
 
 @main.command()
 @click.option("--wait", default=10.0, show_default=True, help="Seconds to let the projection catch up with the log first.")
+@_reported(database=_notifications_url, broker=_amqp_uri)
 def verify(wait):
     """Compare the live notifications projection with a fresh replay of the messages feed
     and with the messages service's own unread counts; exit 1 on any difference."""
@@ -309,6 +445,42 @@ def verify(wait):
         click.echo(f"verify: {len(problems)} difference(s)", err=True)
         sys.exit(1)
     click.echo(f"verify: the projection matches a fresh replay and the messages service (position {position})")
+
+
+@main.command()
+@click.option("--max-lag", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Exit 1 if a projection is more than this many events behind the log.")
+@click.option("--max-backlog", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Exit 1 if more than this many events wait to be published.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait for each answer")
+def status(max_lag, max_backlog, timeout):
+    """Print each projection's position, the log's head and the lag, and the outbox
+    backlog (AMQP_URI); exit 1 if a bound is crossed or a service does not answer."""
+    import eventlet
+
+    eventlet.monkey_patch()
+    from deploy.startup import check_broker
+    from deploy.status import gather
+    from kernel.rpc_pool import RpcPool
+    from kernel.settings import amqp_uri
+
+    logging.getLogger("amqp").setLevel(logging.ERROR)  # see _notifications_tools
+    uri = ""
+    with _reported():
+        uri = amqp_uri()
+        check_broker(uri, timeout=timeout)
+    pool = RpcPool({"AMQP_URI": uri}, size=1, timeout=timeout, acquire_timeout=timeout)
+    try:
+        report = gather(pool.call, max_lag=max_lag, max_backlog=max_backlog)
+    finally:
+        pool.stop()
+    for line in report.lines:
+        click.echo(line)
+    if report.problems:
+        for problem in report.problems:
+            click.echo(f"status: {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"status: ok (lag at most {max_lag}, backlog at most {max_backlog})")
 
 
 def _redact(uri: str) -> str:

@@ -9,6 +9,7 @@ from flask import Flask, request
 from gateway.extensions import babel, csrf, login_manager
 from gateway.session_user import load_user
 from gateway.settings import GatewaySettings
+from kernel.metrics import InstrumentedRpcPool, instrument_app, metrics_response
 from kernel.rpc_pool import RpcPool
 
 
@@ -65,7 +66,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     latest = LatestTimestamps(ttl=settings.poll_cache_ttl)
     app.extensions["latest_timestamps"] = latest
     app.extensions["change_listener"] = ChangeListener(settings.amqp_uri, latest) if settings.poll_cache_ttl > 0 else None
-    app.extensions["rpc"] = rpc or RpcPool(
+    app.extensions["rpc"] = rpc or InstrumentedRpcPool(
         {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
     )
 
@@ -95,5 +96,13 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         # The process answers HTTP (the container's healthcheck). Deliberately not a check
         # of the services: a gateway restarted for a service's outage would fix nothing.
         return {"status": "ok"}
+
+    instrument_app(app)
+
+    @app.get("/metrics")
+    def metrics():
+        # Prometheus exposition (deploy/README.md, "Metrics"); every worker's figures.
+        body, content_type = metrics_response()
+        return body, 200, {"Content-Type": content_type}
 
     return app

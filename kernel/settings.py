@@ -76,14 +76,26 @@ def rpc_timeout() -> float:
     return env_float("RPC_TIMEOUT", 10.0, minimum=0.1)
 
 
+def metrics_port() -> int:
+    """``METRICS_PORT``: where a service process serves its Prometheus metrics (0 or unset: off)."""
+    port = env_int("METRICS_PORT", 0, minimum=0)
+    if port > 65535:
+        raise SettingsError(f"METRICS_PORT must be a port number (1 to 65535, or 0 for off), got {port}")
+    return port
+
+
 def service_config(service: str, **extra) -> dict:
     """The nameko config every service shares, from ``AMQP_URI``, ``<SERVICE>_DATABASE_URL``,
-    ``<SERVICE>_DB_POOL_SIZE`` and ``<SERVICE>_MAX_WORKERS``, plus the service's own ``extra``."""
+    ``<SERVICE>_DB_POOL_SIZE``, ``<SERVICE>_MAX_WORKERS``, ``METRICS_PORT`` and
+    ``METRICS_REFRESH``, plus the service's own ``extra``."""
     prefix = service.upper()
     return {
         "AMQP_URI": amqp_uri(),
         f"{prefix}_DATABASE_URL": database_url(service),
         "DB_POOL_SIZE": env_int(f"{prefix}_DB_POOL_SIZE", 10, minimum=1),
         "max_workers": env_int(f"{prefix}_MAX_WORKERS", 10, minimum=1),
+        "METRICS_PORT": metrics_port(),
+        # How often the projection and outbox gauges are refreshed between scrapes.
+        "METRICS_REFRESH": env_float("METRICS_REFRESH", 5.0, minimum=0.1),
         **extra,
     }

@@ -4,8 +4,10 @@ from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.health import HealthCheck
+from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands, inbox, log
+from services.messages.models import Counter
 from services.messages.relay import Outbox
 
 KNOWN_USERS: set[int] = set()
@@ -17,6 +19,7 @@ class MessagesService(HealthCheck):
     db = Database("MESSAGES_DATABASE_URL")
     outbox = Outbox("db")
     users = RpcProxy("users")
+    metrics = Metrics()
 
     def _user_exists(self, user_id: int) -> bool:
         # Accounts are never deleted, so a user once seen to exist is remembered (per
@@ -74,3 +77,18 @@ class MessagesService(HealthCheck):
     @rpc
     def head(self):
         return log.head(self.db)
+
+    @rpc
+    def stats(self):
+        """The log's head, the outbox's published position and the backlog between them
+        (``microblog status``; also the metrics gauges)."""
+        from sqlalchemy import select
+
+        head = log.head(self.db)
+        published = self.db.scalar(select(Counter.position).where(Counter.name == "published")) or 0
+        self.db.rollback()
+        return set_outbox(head, published)
+
+    @metrics_refresh
+    def refresh_metrics(self):
+        refresh_quietly(self.stats)

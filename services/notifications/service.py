@@ -11,6 +11,7 @@ from kernel.db import Database, Outage
 from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
+from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
@@ -133,6 +134,7 @@ class NotificationsService(HealthCheck):
     # a confirm and is not persisted: the publish is off the projection's critical path.
     dispatch = EventDispatcher(use_confirms=False, delivery_mode=NON_PERSISTENT)
     projector = ProjectorProvider()
+    metrics = Metrics()
 
     def _on_event(self, payload):
         try:
@@ -184,3 +186,25 @@ class NotificationsService(HealthCheck):
     @rpc
     def position(self):
         return store.tracked_position(self.db)
+
+    @rpc
+    def stats(self):
+        """The projection's position, the feed's head and the lag between them (``microblog
+        status``; also the metrics gauges). The head is None when the messages service does
+        not answer."""
+        from sqlalchemy import select
+
+        from services.notifications.models import Tracking
+
+        position = self.db.scalar(select(Tracking.position).where(Tracking.projection == store.PROJECTION)) or 0
+        self.db.rollback()
+        try:
+            head = call_with_timeout(self.messages.head)
+        except Exception as exc:  # messages down or slow: report what is known
+            logger.debug("notifications: stats without the feed's head (%s: %s)", type(exc).__name__, exc)
+            head = None
+        return set_projection(store.PROJECTION, position, head)
+
+    @metrics_refresh
+    def refresh_metrics(self):
+        refresh_quietly(self.stats)

@@ -4,6 +4,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.db import Database
 from kernel.health import HealthCheck
+from kernel.metrics import Metrics
 from kernel.rpc import rpc
 from services.users import accounts
 
@@ -22,6 +23,7 @@ class UsersService(HealthCheck):
     name = "users"
 
     db = Database("USERS_DATABASE_URL")
+    metrics = Metrics()
 
     @rpc
     def register(self, username, email, password):

@@ -173,6 +173,7 @@ def test_each_compose_service_runs_as_its_command_and_one_restarts_alone(tmp_pat
         "FEED_CHECK_INTERVAL": "0.5",
         "POLL_INTERVAL": "0.5",
         "RPC_TIMEOUT": "3",
+        "METRICS_PORT": "0",  # compose's 9100 is one port per container; here all share one host
     }
     envs = {name: _process_env(name, local) for name in APP_SERVICES}
     assert envs["gateway"]["GATEWAY_WORKERS"] == "2"  # compose's settings, not the test's
