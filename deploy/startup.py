@@ -134,7 +134,9 @@ def check_database(url: str, setting: str, timeout: float | None = None) -> None
     timeout = startup_timeout() if timeout is None else timeout
     where = redact(url)
     try:
-        engine = create_db_engine(url, pool_size=1)
+        # Not watched: a start-up check reports its own failure, in one line (kernel.db.Outage
+        # is for a running service).
+        engine = create_db_engine(url, pool_size=1, watch=False)
     except (sa_exc.ArgumentError, ValueError, TypeError, ImportError) as exc:
         raise StartupError(f"{setting} is not a usable database URL ({where}): {first_line(exc)}",
                            BAD_SETTING) from None

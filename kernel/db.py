@@ -28,7 +28,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, pool_size: int = 10) -> Engine:
+def create_db_engine(url: str, pool_size: int = 10, watch: bool = True) -> Engine:
     """An engine tuned for running under eventlet.
 
     SQLite gets exactly one connection (pool_size=1, max_overflow=0): under eventlet a
@@ -40,7 +40,8 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=_connect_args(url))
         _ping_connections_left_idle(engine)
         _connect_in_time(engine)
-        watch_outages(engine)
+        if watch:
+            watch_outages(engine)
         return engine
 
     path = url.split("///", 1)[1] if "///" in url else ""
@@ -69,7 +70,8 @@ def create_db_engine(url: str, pool_size: int = 10) -> Engine:
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    watch_outages(engine)
+    if watch:
+        watch_outages(engine)
     return engine
 
 
