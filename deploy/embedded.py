@@ -83,7 +83,7 @@ class EmbeddedSystem:
 
         from gateway import create_app
         from gateway.settings import GatewaySettings, persistent_secret_key
-        from kernel.rpc_pool import RpcPool
+        from kernel.metrics import InstrumentedRpcPool
 
         memory_transport.register()
         logs.install()  # expected errors (an unknown user ...): one clipped line, no traceback
@@ -100,7 +100,7 @@ class EmbeddedSystem:
             amqp_uri=EMBEDDED_AMQP_URI,
             poll_interval=self.poll_interval,
         )
-        self.rpc = RpcPool({"AMQP_URI": EMBEDDED_AMQP_URI}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout)
+        self.rpc = InstrumentedRpcPool({"AMQP_URI": EMBEDDED_AMQP_URI}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout)
         self.app = create_app(settings, rpc=self.rpc)
         return self
 

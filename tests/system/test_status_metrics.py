@@ -195,5 +195,8 @@ def test_embedded_mode_serves_every_metric_from_its_one_process(tmp_path):
         assert delta(after, before, "microblog_rpc_requests_total", service="messages", method="stats",
                      outcome="ok") == 1
         assert value(after, "microblog_outbox_backlog", service="messages") == 0
+        # The gateway's side of the same calls: what it waited for, by outcome.
+        assert delta(after, before, "microblog_rpc_calls_total", service="users", method="register",
+                     outcome="ok") == 1
     finally:
         system.stop()
