@@ -192,6 +192,9 @@ def _timed_get(cluster: Cluster, session: requests.Session, path: str) -> tuple[
 
 # Service level (cheaper): one nameko container behind the proxy, its caller on the broker directly.
 
+NAPS: list[float] = []
+
+
 class Napper:
     name = "napper"
 
@@ -201,29 +204,31 @@ class Napper:
     def nap(self, seconds):
         import eventlet
 
+        NAPS.append(seconds)
         eventlet.sleep(seconds)
         return seconds
 
 
 def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(real_infra, rabbit_config,
-                                                                                container_factory):
+                                                                                container_factory, caplog):
     from kernel.rpc import ClusterRpcProxy
 
+    NAPS.clear()
     broker = TcpProxy(("127.0.0.1", 5672)).start()
     try:
         container = container_factory(Napper, {**rabbit_config, "AMQP_URI": rabbit_config["AMQP_URI"].replace(
             ":5672", f":{broker.port}")})
         container.start()
-        with ClusterRpcProxy(dict(rabbit_config), timeout=20) as caller:
+        with ClusterRpcProxy(dict(rabbit_config), timeout=3) as caller:
             assert caller.napper.nap(0) == 0
-            in_flight = caller.napper.nap.call_async(1.0)
+            caller.napper.nap.call_async(1.0)  # its caller waits 3 s; so does the request (TTL)
+            caller.napper.nap.call_async(1.5)
             time.sleep(0.3)
-            broker.cut()  # the worker finishes while the broker is unreachable: its reply cannot go out
+            broker.cut()  # the workers finish while the broker is unreachable: no reply can go out
             started = time.monotonic()
-            time.sleep(8)  # past the publisher's retries
+            time.sleep(8)  # past nameko's publish retries (~10 s, then the container died), past the TTL
             assert not container._died.ready(), "the container died when its reply could not be published"
             broker.restore()
-            del in_flight  # its reply is gone: nobody can answer it (its caller times out)
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -233,6 +238,13 @@ def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(
                 except Exception:
                     assert time.monotonic() < deadline, "the service never consumed again"
             print(f"\nthe service answered again {time.monotonic() - started:.1f}s after the cut")
-            assert not container._died.ready()
+        assert not container._died.ready()
+        # The requests in flight were never acknowledged (their connection died), so the
+        # broker requeued them; they had expired with their caller's timeout, so neither
+        # ran a second time after the reconnect.
+        time.sleep(0.5)
+        assert sorted(NAPS) == [0, 0, 1.0, 1.5], NAPS
+        failures = [r for r in caplog.records if r.name == "kernel.rpc"]
+        assert len(failures) <= 2 and not any(r.exc_info for r in failures), failures  # down once, up once
     finally:
         broker.stop()
