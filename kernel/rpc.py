@@ -69,10 +69,15 @@ CONNECT_TIMEOUT = 3.0  # seconds; kombu's default is 4, per attempt
 
 
 class FailFastPublisher(Publisher):
-    """nameko's publisher, without its sleeps between reconnects (see the module doc)."""
+    """nameko's publisher, without its sleeps between reconnects (see the module doc), and
+    with a bound on waiting for the broker's confirm (a hung broker never sends it)."""
 
     retry_policy = NO_WAIT_RETRY
     transport_options = {**DEFAULT_TRANSPORT_OPTIONS, **NO_WAIT_RETRY, "connect_retries_timeout": CONNECT_TIMEOUT}
+
+    def __init__(self, amqp_uri, **options):
+        options.setdefault("confirm_timeout", CONNECT_TIMEOUT)
+        super().__init__(amqp_uri, **options)
 
 
 class RequestPublisher(FailFastPublisher):
@@ -234,3 +239,12 @@ class ClusterRpcProxy(standalone_rpc.ClusterRpcProxy):
         """Whether this started proxy's reply connection is still open (see ``RpcPool``)."""
         consumer = self._reply_listener.queue_consumer
         return not consumer.stopped and (not hasattr(consumer, "alive") or consumer.alive())
+
+    def abandon(self) -> None:
+        """Stop, without the closing handshake (``stop()`` waits for the broker's answer
+        without a bound: forever, from a broker that hangs)."""
+        consumer = self._reply_listener.queue_consumer
+        consumer.stopped = True
+        connection = getattr(consumer, "connection", None)
+        if connection is not None:
+            connection.collect()

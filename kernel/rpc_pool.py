@@ -87,11 +87,14 @@ class RpcPool:
         self._discard(idle)
         return self._acquire()
 
-    def _discard(self, proxy: ClusterRpcProxy) -> None:
+    def _discard(self, proxy: ClusterRpcProxy, broken: bool = True) -> None:
         with self._lock:
             self._created -= 1
         try:
-            proxy.stop()
+            if broken:
+                proxy.abandon()  # no goodbye to a broker that may not answer it
+            else:
+                proxy.stop()
         except Exception:  # the connection is already broken; nothing left to release
             pass
 
@@ -117,7 +120,7 @@ class RpcPool:
 
     def _release(self, standalone: ClusterRpcProxy) -> None:
         if self._closed:
-            self._discard(standalone)
+            self._discard(standalone, broken=False)
         else:
             self._idle.put(standalone)
 
@@ -134,7 +137,7 @@ class RpcPool:
         self._closed = True
         while True:
             try:
-                self._discard(self._idle.get_nowait())
+                self._discard(self._idle.get_nowait(), broken=False)
             except queue.Empty:
                 break
 
