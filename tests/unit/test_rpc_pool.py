@@ -157,3 +157,23 @@ def test_while_the_broker_is_unreachable_calls_fail_at_once_and_then_work_again(
     proxy.restore()
     assert pool.echo.ping("back") == "pong back"  # at once: nothing to restart, no failed first call
     pool.stop()
+
+
+def test_a_broker_that_hangs_makes_calls_fail_within_a_bound_not_hang(broker_cut):
+    import time
+
+    config, proxy = broker_cut
+    pool = RpcPool(config, size=1, timeout=2)
+    assert pool.echo.ping(1) == "pong 1"
+    proxy.stall()  # connections stay open; nothing passes
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable):
+        pool.echo.ping("lost")
+    took = time.monotonic() - started
+    print(f"\nfailed after {took:.1f}s")
+    assert took < 20  # confirm wait (3 s), then a reconnect whose handshake times out; not forever
+    proxy.restore()
+    proxy.cut()
+    proxy.restore()
+    assert pool.echo.ping("back") == "pong back"
+    pool.stop()
