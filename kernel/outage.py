@@ -27,7 +27,8 @@ class OutageLog:
                 self._since = time.monotonic()
         if first:
             self.logger.warning("%s: %s (%s); %s, quietly until it works again",
-                                self.what, str(exc) or type(exc).__name__, type(exc).__name__, retrying)
+                                self.what, str(exc) or type(exc).__name__, type(exc).__name__, retrying,
+                                stacklevel=2)
         else:
             self.logger.debug("%s: still failing (%s)", self.what, exc)
 
@@ -39,4 +40,4 @@ class OutageLog:
             self._since, self._failures = None, 0
         if since is not None:
             self.logger.warning("%s: working again after %.1f s (%d failed attempts)",
-                                self.what, time.monotonic() - since, failures)
+                                self.what, time.monotonic() - since, failures, stacklevel=2)

@@ -8,15 +8,17 @@ from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
-from kernel.errors import ValidationFailed
+from kernel.errors import DependencyUnavailable, ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
+from kernel.outage import OutageLog
 from kernel.rpc import RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
 from services.notifications.projector import Projector, Turn
 
 logger = logging.getLogger(__name__)
+_feed_outage = OutageLog(logger, "notifications: feed check")
 
 
 class ConfiguredTimer(Timer):
@@ -109,7 +111,12 @@ class NotificationsService(HealthCheck):
     @feed_check("FEED_CHECK_INTERVAL", 3.0)
     def check_feed(self):
         """Catches the case where the last event was lost and no later one reveals the gap."""
-        applied = self.projector.check()
+        try:
+            applied = self.projector.check()
+        except DependencyUnavailable as exc:  # broker or messages unreachable: one line per outage
+            _feed_outage.failed(exc, "looking again at the next check")
+            return
+        _feed_outage.succeeded()
         if applied:
             logger.info("notifications: caught up %s events from the feed", applied)
 
