@@ -105,7 +105,8 @@ class ChangeListener:
             return
         with self._start_lock:
             if not self._started:
-                threading.Thread(target=self._run, name="notification-changes", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name="notification-changes", daemon=True)
+                self._thread.start()
                 self._started = True
 
     def _on_message(self, body, message):
@@ -145,5 +146,8 @@ class ChangeListener:
                 time.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
                 failures += 1
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0) -> None:
+        """Ask the thread to end (within a second); ``wait`` seconds at most for it to."""
         self._stopping = True
+        if wait and self._started:
+            self._thread.join(timeout=wait)

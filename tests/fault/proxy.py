@@ -52,10 +52,12 @@ class TcpProxy:
         while True:
             try:
                 client, _ = listener.accept()
-            except OSError:
+            except (OSError, EOFError):  # cut: shut down under us (see _wake_and_close)
+                _close_quietly(listener)
                 return
             if generation != self._generation:
                 client.close()
+                _close_quietly(listener)
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -70,6 +72,11 @@ class TcpProxy:
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        # Each socket is closed only by the thread that reads it; others only shut it down,
+        # which wakes that reader. Under eventlet, a socket closed while another green
+        # thread waits on it leaves that thread and its read listener behind for good, and
+        # the next socket given the same descriptor number (psycopg2's, in a later test)
+        # fails with "Second simultaneous read".
         try:
             while True:
                 data = source.recv(65536)
@@ -81,20 +88,16 @@ class TcpProxy:
         except (OSError, EOFError):  # eventlet raises EOFError when another thread closed it
             pass
         finally:
-            for sock in (source, sink):
-                self._close(sock)
+            self._shut(sink)  # wakes the pipe reading it, which closes it
+            with self._lock:
+                self._connections.discard(source)
+            _close_quietly(source)
 
-    def _close(self, sock: socket.socket, reset: bool = False) -> None:
-        with self._lock:
-            self._connections.discard(sock)
+    def _shut(self, sock: socket.socket, reset: bool = False) -> None:
         try:
-            if reset:  # RST, as a dead host's kernel or a restarted server would answer
+            if reset:  # RST on close, as a dead host's kernel or a restarted server would answer
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            sock.close()
+            sock.shutdown(socket.SHUT_RD)  # its reader sees the end now; nothing is sent yet
         except OSError:
             pass
 
@@ -106,11 +109,11 @@ class TcpProxy:
             connections = list(self._connections)
         if listener is not None:
             try:
-                listener.close()
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which closes it
             except OSError:
-                pass
+                _close_quietly(listener)
         for sock in connections:
-            self._close(sock, reset=True)
+            self._shut(sock, reset=True)
         self._stalled.clear()
 
     def restore(self) -> None:
@@ -133,3 +136,13 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
+        deadline = time.monotonic() + 2
+        while self._connections and time.monotonic() < deadline:  # the pipes close their sockets
+            time.sleep(0.01)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass

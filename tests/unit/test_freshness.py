@@ -87,5 +87,5 @@ def test_the_listener_survives_a_broker_cut_reconnects_and_logs_the_outage_once(
         assert len(lines) == 2 and "working again" in lines[1], lines
         assert not any(r.exc_info for r in caplog.records if r.name == "gateway.freshness")
     finally:
-        listener.stop()
+        listener.stop(wait=5)
         broker.stop()
