@@ -12,14 +12,14 @@ import threading
 import time
 import uuid
 
-import pytest
 import requests
 
+from kernel.rpc import ClusterRpcProxy, rpc
 from tests.fault.cluster import Cluster
 from tests.fault.proxy import TcpProxy
 
 CUT_SECONDS = 12
-FAST_FAIL_BOUND = 5.0  # seconds: a request made while the broker is unreachable answers 503 within this
+FAST_FAIL_BOUND = 2.0  # seconds for a 503 while the broker is unreachable (measured: under 0.2 s; it was 2-20 s)
 RPC_TIMEOUT = 10  # the gateway's default: fast failures must not come from waiting it out
 RECOVERY_BOUND = 45.0  # seconds after the restore for a send to succeed again
 
@@ -153,7 +153,9 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
                 recovered = time.monotonic() - restored_at
                 break
             time.sleep(0.5)
-        assert recovered is not None, f"no send succeeded within {RECOVERY_BOUND}s of the restore: {outcomes}"
+        assert recovered is not None, (f"no send succeeded within {RECOVERY_BOUND}s of the restore "
+                                       f"(exited: {cluster.dead()}): {outcomes}")
+        assert cluster.dead() == []
         for k in range(2):
             body = f"outage-after-{j + k}-{tag}"
             outcomes[body], _ = _post_send(cluster, susan, cluster.send_form(susan, "john"), body)
@@ -165,10 +167,13 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         deadline = time.monotonic() + 30
         unread, stable_since = None, time.monotonic()
         while time.monotonic() < deadline:
-            now = cluster.unread(john)
+            try:
+                now = cluster.unread(john)
+            except (requests.RequestException, ValueError):  # 503 (a page, not JSON) while catching up
+                now = None
             if now != unread:
                 unread, stable_since = now, time.monotonic()
-            elif unread >= len(acknowledged) and time.monotonic() - stable_since > 3:
+            elif unread is not None and unread >= len(acknowledged) and time.monotonic() - stable_since > 3:
                 break
             time.sleep(0.3)
         bodies = _inbox_bodies(cluster, john)
@@ -222,9 +227,7 @@ NAPS: list[float] = []
 class Napper:
     name = "napper"
 
-    from kernel.rpc import rpc as _rpc
-
-    @_rpc
+    @rpc
     def nap(self, seconds):
         import eventlet
 
@@ -235,10 +238,9 @@ class Napper:
 
 def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(real_infra, rabbit_config,
                                                                                 container_factory, caplog):
-    from kernel.rpc import ClusterRpcProxy
-
     NAPS.clear()
     broker = TcpProxy(("127.0.0.1", 5672)).start()
+    container = None
     try:
         container = container_factory(Napper, {**rabbit_config, "AMQP_URI": rabbit_config["AMQP_URI"].replace(
             ":5672", f":{broker.port}")})
@@ -271,4 +273,9 @@ def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(
         failures = [r for r in caplog.records if r.name == "kernel.rpc"]
         assert len(failures) <= 2 and not any(r.exc_info for r in failures), failures  # down once, up once
     finally:
+        # Stopped while the broker is reachable: nameko's stop waits for its consumer
+        # thread, which does not look up from kombu's reconnect loop while the broker is away.
+        broker.restore()
+        if container is not None:
+            container.stop()
         broker.stop()
