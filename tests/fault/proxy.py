@@ -6,6 +6,8 @@ server (RabbitMQ, PostgreSQL) without touching the server itself.
     proxy.cut()        # every open connection is reset and new ones are refused
     proxy.restore()    # accepts again, on the same port
     proxy.stall()      # connections stay open but nothing passes either way (a hung peer)
+    proxy.stall("down")  # the server receives (and commits) but its answers are held
+    proxy.hold_answers_after(b"marker")  # the same, only for the connection that sends it
     proxy.stop()
 
 Threads (green under the tests' ``eventlet.monkey_patch()``) copy bytes each way; the
@@ -26,7 +28,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._stalled = threading.Event()
+        self._stalled = {"up": threading.Event(), "down": threading.Event()}
+        self._marker: bytes | None = None
         self._generation = 0
         self.accepted = 0
 
@@ -52,12 +55,10 @@ class TcpProxy:
         while True:
             try:
                 client, _ = listener.accept()
-            except (OSError, EOFError):  # cut: shut down under us (see _wake_and_close)
-                _close_quietly(listener)
+            except OSError:
                 return
             if generation != self._generation:
                 client.close()
-                _close_quietly(listener)
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -68,38 +69,38 @@ class TcpProxy:
             with self._lock:
                 self.accepted += 1
                 self._connections.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            held = threading.Event()  # this connection's answers are held (hold_answers_after)
+            for source, sink, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pipe, args=(source, sink, direction, held), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        # Each socket is closed only by the thread that reads it; others only shut it down,
-        # which wakes that reader. Under eventlet, a socket closed while another green
-        # thread waits on it leaves that thread and its read listener behind for good, and
-        # the next socket given the same descriptor number (psycopg2's, in a later test)
-        # fails with "Second simultaneous read".
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str, held: threading.Event) -> None:
+        stalled = self._stalled[direction]
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                while self._stalled.is_set():
+                while stalled.is_set() or (direction == "down" and held.is_set()):
                     time.sleep(0.01)
                 sink.sendall(data)
+                if direction == "up" and self._marker is not None and self._marker in data:
+                    held.set()
         except (OSError, EOFError):  # eventlet raises EOFError when another thread closed it
             pass
         finally:
-            self._shut(sink)  # wakes the pipe reading it, which closes it
-            with self._lock:
-                self._connections.discard(source)
-            _close_quietly(source)
+            for sock in (source, sink):
+                self._close(sock)
 
-    def _shut(self, sock: socket.socket, reset: bool = False) -> None:
+    def _close(self, sock: socket.socket, reset: bool = False) -> None:
+        with self._lock:
+            self._connections.discard(sock)
         try:
-            if reset:  # RST on close, as a dead host's kernel or a restarted server would answer
+            if reset:  # RST, as a dead host's kernel or a restarted server would answer
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            sock.shutdown(socket.SHUT_RD)  # its reader sees the end now; nothing is sent yet
+            sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        _close_and_wake(sock)
 
     def cut(self) -> None:
         """Refuse new connections and reset every open one."""
@@ -108,17 +109,14 @@ class TcpProxy:
             self._generation += 1
             connections = list(self._connections)
         if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which closes it
-            except OSError:
-                _close_quietly(listener)
+            _close_and_wake(listener)
         for sock in connections:
-            self._shut(sock, reset=True)
-        self._stalled.clear()
+            self._close(sock, reset=True)
+        self._unstall()
 
     def restore(self) -> None:
         """Accept connections again, on the same port."""
-        self._stalled.clear()
+        self._unstall()
         if self._listener is None:
             deadline = time.monotonic() + 10
             while True:
@@ -130,19 +128,50 @@ class TcpProxy:
                         raise
                     time.sleep(0.1)
 
-    def stall(self) -> None:
-        """Keep connections open but pass nothing: a peer that hangs rather than refuses."""
-        self._stalled.set()
+    def stall(self, direction: str = "both") -> None:
+        """Keep connections open but pass nothing: a peer that hangs rather than refuses.
+        ``direction`` "down" holds only what the server sends (it still receives, and so
+        commits, what the client sent: a reply lost on the way back); "up" only what the
+        client sends."""
+        for name in ("up", "down") if direction == "both" else (direction,):
+            self._stalled[name].set()
+
+    def hold_answers_after(self, marker: bytes | None) -> None:
+        """From now on, a connection whose client sends ``marker`` gets nothing more back
+        (the server still receives, and commits, what it was sent); other connections,
+        new ones included, pass. ``None`` stops marking (held connections stay held until
+        ``cut``). Deterministic where ``stall("down")`` is not: a client that must open a
+        new connection first cannot even log in through a stall."""
+        self._marker = marker
+
+    def _unstall(self) -> None:
+        self._marker = None
+        for event in self._stalled.values():
+            event.clear()
 
     def stop(self) -> None:
         self.cut()
-        deadline = time.monotonic() + 2
-        while self._connections and time.monotonic() < deadline:  # the pipes close their sockets
-            time.sleep(0.01)
 
 
-def _close_quietly(sock: socket.socket) -> None:
+def _close_and_wake(sock: socket.socket) -> None:
+    """Close ``sock``; under eventlet (the tests monkey-patch), also wake any green thread
+    still waiting on it (an accept or a recv in another thread), with an OSError. Without
+    that its listener outlives the socket in eventlet's hub, and the next file to reuse the
+    descriptor number in this process (a subprocess's pipe, a later test's socket) fails
+    with "Second simultaneous read on fileno N"."""
+    try:
+        fileno = sock.fileno()
+    except OSError:
+        fileno = -1
     try:
         sock.close()
     except OSError:
         pass
+    if fileno < 0:
+        return
+    try:
+        from eventlet import hubs, patcher
+    except ImportError:
+        return
+    if patcher.is_monkey_patched("socket"):
+        hubs.notify_opened(fileno)  # eventlet's way to defang the listeners of a dead descriptor

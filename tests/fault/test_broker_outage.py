@@ -269,7 +269,7 @@ def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(
         # broker requeued them; they had expired with their caller's timeout, so neither
         # ran a second time after the reconnect.
         time.sleep(0.5)
-        assert sorted(NAPS) == [0, 0, 1.0, 1.5], NAPS
+        assert NAPS.count(1.0) == 1 and NAPS.count(1.5) == 1, NAPS
         failures = [r for r in caplog.records if r.name == "kernel.rpc"]
         assert len(failures) <= 2 and not any(r.exc_info for r in failures), failures  # down once, up once
     finally:

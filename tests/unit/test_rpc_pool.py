@@ -5,6 +5,7 @@ from nameko.rpc import rpc
 
 from kernel import memory_transport
 from kernel.errors import UserNotFound
+from kernel.rpc import rpc as kernel_rpc
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
 
 
@@ -123,9 +124,7 @@ def test_calls_between_services_give_up_after_their_timeout():
 class EchoService:
     name = "echo"
 
-    from kernel.rpc import rpc as _rpc
-
-    @_rpc
+    @kernel_rpc
     def ping(self, text):
         return f"pong {text}"
 
@@ -153,7 +152,7 @@ def test_while_the_broker_is_unreachable_calls_fail_at_once_and_then_work_again(
         started = time.monotonic()
         with pytest.raises(ServiceUnavailable):
             pool.echo.ping("lost")
-        assert time.monotonic() - started < 1.0, f"attempt {attempt} took {time.monotonic() - started:.1f}s"
+        assert time.monotonic() - started < 2.0, f"attempt {attempt} took {time.monotonic() - started:.1f}s"
     proxy.restore()
     assert pool.echo.ping("back") == "pong back"  # at once: nothing to restart, no failed first call
     pool.stop()
