@@ -10,6 +10,11 @@ It never answers wrongly from stale knowledge:
   so any later change reaches this process's queue;
 * a reconnect starts a new epoch and forgets everything (changes may have been missed);
 * entries expire after ``ttl`` seconds, bounding the harm of a lost broadcast.
+
+The listener never stops for a connection error: while the broker is unreachable it
+reconnects with a bounded backoff (``RECONNECT_DELAYS``), logging one line when it goes
+down and one when it is back, and meanwhile every poll is answered by the service. A
+broker that stops answering without closing the connection is noticed by AMQP heartbeats.
 """
 from __future__ import annotations
 
@@ -20,8 +25,12 @@ import time
 from kombu import Connection, Consumer, Exchange, Queue
 
 from kernel.events import Event, EventContractError, NotificationChanged
+from kernel.outage import OutageLog
 
 logger = logging.getLogger(__name__)
+
+RECONNECT_DELAYS = (0.5, 1, 2, 5)  # seconds before each reconnect attempt; the last one repeats
+HEARTBEAT = 10  # seconds: a silent broker is given up after about two of these
 
 
 class LatestTimestamps:
@@ -96,7 +105,8 @@ class ChangeListener:
             return
         with self._start_lock:
             if not self._started:
-                threading.Thread(target=self._run, name="notification-changes", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name="notification-changes", daemon=True)
+                self._thread.start()
                 self._started = True
 
     def _on_message(self, body, message):
@@ -110,22 +120,34 @@ class ChangeListener:
 
     def _run(self) -> None:
         exchange = Exchange("notifications.events", type="topic", durable=True)
+        outage = OutageLog(logger, "notification changes listener")
+        failures = 0
         while not self._stopping:
             try:
-                with Connection(self.amqp_uri, connect_timeout=5) as connection:
+                # One connection attempt per round (kombu would otherwise retry inside it).
+                with Connection(self.amqp_uri, connect_timeout=5, heartbeat=HEARTBEAT,
+                                transport_options={"max_retries": 0}) as connection:
                     queue = Queue(exchange=exchange, routing_key=NotificationChanged.__name__,
                                   exclusive=True, auto_delete=True)
                     with Consumer(connection, queues=[queue], callbacks=[self._on_message]):
                         self.latest.connection_up()
+                        outage.succeeded()
+                        failures = 0
                         while not self._stopping:
                             try:
                                 connection.drain_events(timeout=1)
                             except TimeoutError:
-                                connection.heartbeat_check()
+                                pass
+                            connection.heartbeat_check()
             except Exception as exc:  # broker gone: answer every poll from the service meanwhile
-                logger.warning("notification changes: listener down (%s); retrying", exc)
+                outage.failed(exc, "polls are answered by the service meanwhile; reconnecting")
             self.latest.connection_down()
-            time.sleep(1)
+            if not self._stopping:
+                time.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                failures += 1
 
-    def stop(self) -> None:
+    def stop(self, wait: float = 0) -> None:
+        """Ask the thread to end (within a second); ``wait`` seconds at most for it to."""
         self._stopping = True
+        if wait and self._started:
+            self._thread.join(timeout=wait)

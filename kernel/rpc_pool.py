@@ -7,6 +7,12 @@ one caller at a time::
     pool = RpcPool({"AMQP_URI": ...}, size=8)
     pool.users.get_user(1)           # borrows a proxy, calls, gives it back
     pool.stop()
+
+While the broker is unreachable a call fails at once with ``ServiceUnavailable`` (the
+gateway's 503), not after ``timeout``: a proxy whose connection the broker dropped is
+noticed before it is lent (``ClusterRpcProxy.alive``) and replaced, and starting a proxy or
+publishing a request makes one connection attempt, without waiting (``kernel.rpc``). When
+the broker is back, the next call connects again: nothing to restart.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import KombuError
 from nameko.exceptions import RpcTimeout, UnknownService
 
@@ -26,7 +33,9 @@ class ServiceUnavailable(Exception):
 
 
 # Failures that leave a proxy's connection in doubt: the proxy is thrown away, not reused.
-_BROKEN = (RpcTimeout, OSError, KombuError, ConnectionError)
+# (nameko's standalone proxy raises RuntimeError for a reply consumer that is disconnected
+# or stopped; an error the service raised arrives as its own class or as RemoteError.)
+_BROKEN = (RpcTimeout, OSError, KombuError, ConnectionError, AmqpConnectionError, RuntimeError)
 
 
 class RpcPool:
@@ -50,10 +59,14 @@ class RpcPool:
     def _acquire(self) -> ClusterRpcProxy:
         if self._closed:
             raise ServiceUnavailable("the RPC pool is stopped")
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:
+            try:
+                idle = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if idle.alive():
+                return idle
+            self._discard(idle)  # the broker dropped its connection (an outage, a restart)
         with self._lock:
             grow = self._created < self.size
             if grow:
@@ -66,15 +79,22 @@ class RpcPool:
                     self._created -= 1
                 raise ServiceUnavailable(f"cannot reach the message broker: {exc}") from exc
         try:
-            return self._idle.get(timeout=self.acquire_timeout)
+            idle = self._idle.get(timeout=self.acquire_timeout)
         except queue.Empty:
             raise ServiceUnavailable("every RPC proxy stayed busy") from None
+        if idle.alive():
+            return idle
+        self._discard(idle)
+        return self._acquire()
 
-    def _discard(self, proxy: ClusterRpcProxy) -> None:
+    def _discard(self, proxy: ClusterRpcProxy, broken: bool = True) -> None:
         with self._lock:
             self._created -= 1
         try:
-            proxy.stop()
+            if broken:
+                proxy.abandon()  # no goodbye to a broker that may not answer it
+            else:
+                proxy.stop()
         except Exception:  # the connection is already broken; nothing left to release
             pass
 
@@ -100,7 +120,7 @@ class RpcPool:
 
     def _release(self, standalone: ClusterRpcProxy) -> None:
         if self._closed:
-            self._discard(standalone)
+            self._discard(standalone, broken=False)
         else:
             self._idle.put(standalone)
 
@@ -117,7 +137,7 @@ class RpcPool:
         self._closed = True
         while True:
             try:
-                self._discard(self._idle.get_nowait())
+                self._discard(self._idle.get_nowait(), broken=False)
             except queue.Empty:
                 break
 

@@ -17,7 +17,6 @@ from gateway.session_user import SessionUser, parse_session_id, session_is_live
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN
-from kernel.rpc_pool import ServiceUnavailable
 
 # The tutorial writes last_seen on every request; once a minute says the same for a
 # fraction of the writes.

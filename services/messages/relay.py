@@ -20,7 +20,8 @@ from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
 from sqlalchemy import update
 
-from kernel.db import autocommit_engine_for, is_database_unavailable
+from kernel.db import autocommit_engine_for
+from kernel.outage import OutageLog
 from services.messages import log
 from services.messages.models import Counter
 
@@ -100,8 +101,12 @@ class OutboxRelay:
             self._signal.send(True)
 
     def run_forever(self) -> None:
+        """Relay until ``stop()``. Nothing ends it but ``stop()``: an error (the broker or
+        the database unreachable) is logged once per outage and retried with a bounded
+        backoff, and the events wait in the log meanwhile."""
         self._running = True
         failures = 0
+        outage = OutageLog(logger, "outbox relay")
         while self._running:
             try:
                 # A short batch was everything committed when it was read; whatever commits
@@ -113,11 +118,11 @@ class OutboxRelay:
                 # would only burn the CPU the service needs for taking new messages.
                 failures += 1
                 delay = min(self.poll_interval * 2 ** failures, MAX_BACKOFF)
-                if not is_database_unavailable(exc):  # a database outage is logged once (kernel.db.Outage)
-                    logger.warning("outbox relay: publishing failed (%s); retrying in %.1fs", exc, delay)
+                outage.failed(exc, f"events wait in the log; retrying every {MAX_BACKOFF:g} s at most")
                 eventlet.sleep(delay)
                 continue
             failures = 0
+            outage.succeeded()
             if self.skipped:
                 # Another instance's relay held the row: it may have read the log before
                 # our event committed. Look again shortly rather than after poll_interval.
@@ -194,6 +199,7 @@ class ConfirmedBatchPublisher(Publisher):
 
         connection = Connection(self.amqp_uri, connect_timeout=5)
         try:
+            connection.ensure_connection(max_retries=0)  # one attempt: the relay backs off itself
             channel = connection.channel()
             channel.confirm_select()
             channel.events["basic_ack"].add(self._on_ack)
@@ -224,7 +230,9 @@ class ConfirmedBatchPublisher(Publisher):
     def _reset(self) -> None:
         if self.connection is not None:
             try:
-                self.connection.release()
+                # Dropped without the closing handshake: a broker that hangs would never
+                # answer it, and ``release()`` waits for that answer without a bound.
+                self.connection.collect()
             except Exception:  # already broken; nothing to release
                 pass
         self.connection = None
@@ -243,7 +251,11 @@ class ConfirmedBatchPublisher(Publisher):
         if self.connection is None:
             return
         try:
-            with eventlet.Timeout(self.confirm_timeout):
+            # An Exception, not eventlet's Timeout (a BaseException): that would go through
+            # the relay's ``except Exception``, end its managed thread, and nameko kills the
+            # whole service for a thread that ends with an error.
+            not_confirmed = TimeoutError(f"the broker did not confirm events within {self.confirm_timeout:g} s")
+            with eventlet.Timeout(self.confirm_timeout, not_confirmed):
                 while self.acked_upto < self.sent and not self.nacked:
                     self.connection.drain_events(timeout=self.confirm_timeout)
             if self.nacked:

@@ -10,7 +10,6 @@ import re
 import subprocess
 import time
 
-import pytest
 import requests
 
 from tests.fault.cluster import Cluster

@@ -52,3 +52,40 @@ def test_entries_expire():
     assert latest.nothing_newer(1, 10.0)
     time.sleep(0.1)
     assert not latest.nothing_newer(1, 10.0)
+
+
+def test_the_listener_survives_a_broker_cut_reconnects_and_logs_the_outage_once(real_infra, rabbit_config, caplog):
+    import logging
+
+    from gateway.freshness import ChangeListener
+    from tests.fault.proxy import TcpProxy
+
+    def wait_until(condition, seconds):
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    broker = TcpProxy(("127.0.0.1", 5672)).start()
+    latest = LatestTimestamps()
+    listener = ChangeListener(rabbit_config["AMQP_URI"].replace(":5672", f":{broker.port}"), latest)
+    caplog.set_level(logging.WARNING, logger="gateway.freshness")
+    try:
+        listener.ensure_started()
+        wait_until(lambda: latest.connected, 10)
+        epoch = latest.epoch
+        latest.record(1, 10.0, latest.reading())
+        broker.cut()
+        wait_until(lambda: not latest.connected, 5)
+        assert not latest.nothing_newer(1, 10.0)  # while down, every poll goes to the service
+        time.sleep(7)  # several reconnect attempts, all refused
+        broker.restore()
+        wait_until(lambda: latest.connected, 10)  # the backoff is bounded: back within a few seconds
+        assert latest.epoch > epoch
+        lines = [r.getMessage() for r in caplog.records if r.name == "gateway.freshness"]
+        # Down once, back once: not a line per attempt.
+        assert len(lines) == 2 and "working again" in lines[1], lines
+        assert not any(r.exc_info for r in caplog.records if r.name == "gateway.freshness")
+    finally:
+        listener.stop(wait=5)
+        broker.stop()

@@ -253,3 +253,60 @@ def test_an_event_committed_during_a_round_goes_out_without_an_empty_round_first
     finally:
         relay.stop()
         runner.wait()
+
+
+def test_a_broker_outage_is_logged_once_and_its_end_once(messages_db, monkeypatch, caplog):
+    import logging
+
+    from services.messages import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "MAX_BACKOFF", 0.05)
+    caplog.set_level(logging.WARNING, logger="services.messages.relay")
+    _, make_session = messages_db
+    broker = FlakyBroker()
+    broker.down = True
+    relay = OutboxRelay(make_session, broker, poll_interval=0.01)
+    send(make_session, 1, 2, "during the outage")
+    runner = eventlet.spawn(relay.run_forever)
+    try:
+        with eventlet.Timeout(5):
+            while broker.calls < 10:  # ten attempts, all failed
+                eventlet.sleep(0.01)
+        broker.down = False
+        with eventlet.Timeout(5):
+            while broker.published != [1]:
+                eventlet.sleep(0.01)
+    finally:
+        relay.stop()
+        runner.wait()
+    lines = [r.getMessage() for r in caplog.records if r.name == "services.messages.relay"]
+    assert len(lines) == 2 and "working again" in lines[1], lines
+
+
+def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_end_of_it(real_infra, rabbit_config):
+    # eventlet's Timeout is a BaseException: raised out of flush it would pass the relay's
+    # ``except Exception`` and end its thread, and nameko kills the service for that.
+    from services.messages.relay import ConfirmedBatchPublisher
+    from tests.fault.proxy import TcpProxy
+
+    def payload(position):
+        return {"event_type": "MessageSent", "position": position}
+
+    broker = TcpProxy(("127.0.0.1", 5672)).start()
+    try:
+        publisher = ConfirmedBatchPublisher({"AMQP_URI": rabbit_config["AMQP_URI"].replace(
+            ":5672", f":{broker.port}")}, "messages", confirm_timeout=0.5)
+        publisher.publish(payload(1))
+        publisher.flush()
+        broker.stall()  # the broker hangs: the connection stays open, no confirm comes back
+        publisher.publish(payload(2))
+        with pytest.raises(Exception, match="did not confirm"):
+            publisher.flush()
+        broker.cut()
+        with pytest.raises(Exception):
+            publisher.publish(payload(2))  # refused: one attempt, no sleeping in between
+        broker.restore()
+        publisher.publish(payload(2))  # a fresh connection
+        publisher.flush()
+    finally:
+        broker.stop()

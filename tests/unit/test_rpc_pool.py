@@ -5,6 +5,7 @@ from nameko.rpc import rpc
 
 from kernel import memory_transport
 from kernel.errors import UserNotFound
+from kernel.rpc import rpc as kernel_rpc
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
 
 
@@ -116,3 +117,62 @@ def test_calls_between_services_give_up_after_their_timeout():
     with pytest.raises(DependencyUnavailable, match="did not answer within 0.05 s"):
         call_with_timeout(never_answers, 1, timeout=0.05)
     assert call_with_timeout(lambda x: x + 1, 1, timeout=1) == 2
+
+
+# On RabbitMQ, behind a proxy that cuts the gateway's connections (issue 10).
+
+class EchoService:
+    name = "echo"
+
+    @kernel_rpc
+    def ping(self, text):
+        return f"pong {text}"
+
+
+@pytest.fixture
+def broker_cut(real_infra, rabbit_config, container_factory):
+    """(pool config through a TcpProxy, the proxy); the echo service talks to RabbitMQ directly."""
+    from tests.fault.proxy import TcpProxy
+
+    container_factory(EchoService, dict(rabbit_config)).start()
+    proxy = TcpProxy(("127.0.0.1", 5672)).start()
+    yield {"AMQP_URI": rabbit_config["AMQP_URI"].replace(":5672", f":{proxy.port}")}, proxy
+    proxy.stop()
+
+
+def test_while_the_broker_is_unreachable_calls_fail_at_once_and_then_work_again(broker_cut):
+    import time
+
+    config, proxy = broker_cut
+    pool = RpcPool(config, size=2, timeout=10)
+    both = [eventlet.spawn(pool.echo.ping, i) for i in range(2)]  # two proxies started, now idle
+    assert [g.wait() for g in both] == ["pong 0", "pong 1"] and pool._created == 2
+    proxy.cut()
+    for attempt in range(4):  # idle proxies whose connection was reset, then fresh ones refused
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            pool.echo.ping("lost")
+        assert time.monotonic() - started < 2.0, f"attempt {attempt} took {time.monotonic() - started:.1f}s"
+    proxy.restore()
+    assert pool.echo.ping("back") == "pong back"  # at once: nothing to restart, no failed first call
+    pool.stop()
+
+
+def test_a_broker_that_hangs_makes_calls_fail_within_a_bound_not_hang(broker_cut):
+    import time
+
+    config, proxy = broker_cut
+    pool = RpcPool(config, size=1, timeout=2)
+    assert pool.echo.ping(1) == "pong 1"
+    proxy.stall()  # connections stay open; nothing passes
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable):
+        pool.echo.ping("lost")
+    took = time.monotonic() - started
+    print(f"\nfailed after {took:.1f}s")
+    assert took < 20  # confirm wait (3 s), then a reconnect whose handshake times out; not forever
+    proxy.restore()
+    proxy.cut()
+    proxy.restore()
+    assert pool.echo.ping("back") == "pong back"
+    pool.stop()
