@@ -177,8 +177,12 @@ def _serve_service(name: str, migrate: bool) -> None:
     runner.add_service(spec.service_class())
 
     def shutdown(signum, frame):
-        # Stop in a green thread: signal handlers must not block the hub.
+        # Stop in a green thread: signal handlers must not block the hub. nameko's stop
+        # waits for its consumer, which loops reconnecting while the broker is away: past
+        # STOP_TIMEOUT the process exits anyway (what it owes is safe: events wait in the
+        # log, unacknowledged deliveries and requests go back to their queues).
         eventlet.spawn_n(runner.stop)
+        eventlet.spawn_n(_exit_if_still_running, name, STOP_TIMEOUT)
 
     signal.signal(signal.SIGTERM, shutdown)
     # runner.start() returns once every entry point consumes its queue (nameko's
@@ -202,6 +206,18 @@ def _serve_service(name: str, migrate: bool) -> None:
         runner.stop()
     except Exception as exc:
         _fail(f"{name} service stopped: {type(exc).__name__}: {first_line(exc)}", 1)
+
+
+# Seconds a service may take to stop on SIGTERM (Docker's default grace is 10 s).
+STOP_TIMEOUT = 8.0
+
+
+def _exit_if_still_running(name: str, timeout: float) -> None:
+    import eventlet
+
+    eventlet.sleep(timeout)
+    click.echo(f"{name} service did not stop within {timeout:g} s (is the broker reachable?); exiting now", err=True)
+    os._exit(1)
 
 
 def _serve_gateway(host: str, port: int) -> None:

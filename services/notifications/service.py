@@ -12,12 +12,14 @@ from kernel.errors import ValidationFailed
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
-from kernel.rpc import RpcProxy, rpc
+from kernel.outage import OutageLog
+from kernel.rpc import NO_WAIT_RETRY, RpcProxy, rpc
 from services.notifications import store
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
 from services.notifications.projector import Backoff, Projector, Turn
 
 logger = logging.getLogger(__name__)
+_announce_outage = OutageLog(logger, "notifications: announcing changes")
 
 
 class ConfiguredTimer(Timer):
@@ -110,8 +112,10 @@ class ProjectorProvider(DependencyProvider):
                 for row in rows:
                     changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp)
                     service.dispatch(NotificationChanged.__name__, changed.to_dict())
-            except Exception:
-                logger.exception("notifications: could not announce a change")
+            except Exception as exc:  # the broker is away: one line per outage, not a traceback each
+                _announce_outage.failed(exc, "gateways ask the service meanwhile")
+            else:
+                _announce_outage.succeeded()
 
         projector = Projector(database.make_session, feed, turn=self.turn, announce=announce)
         projector.backoff = self.backoff
@@ -132,7 +136,8 @@ class NotificationsService(HealthCheck):
     # NotificationChanged is a hint to the gateways (a lost one only means they ask the
     # service until their cached entry expires), so it is published without waiting for
     # a confirm and is not persisted: the publish is off the projection's critical path.
-    dispatch = EventDispatcher(use_confirms=False, delivery_mode=NON_PERSISTENT)
+    # One immediate retry on a fresh connection, not nameko's 2-5 s sleeps between three.
+    dispatch = EventDispatcher(use_confirms=False, delivery_mode=NON_PERSISTENT, retry_policy=NO_WAIT_RETRY)
     projector = ProjectorProvider()
     metrics = Metrics()
 
