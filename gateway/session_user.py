@@ -63,6 +63,10 @@ class SessionChecks:
         self.ttl = ttl
         self.size = size
         self._checked: dict[tuple[int, str], float] = {}
+        # Sessions this process saw end: a check that was already in flight when one was
+        # signed out must not remember it as live afterwards. A token never comes back to
+        # life, so these need no expiry; the oldest go past ``size``.
+        self._ended: dict[tuple[int, str], None] = {}
         self._lock = threading.Lock()
 
     def fresh(self, user_id: int, token: str) -> bool:
@@ -72,6 +76,8 @@ class SessionChecks:
     def remember(self, user_id: int, token: str) -> None:
         now = time.monotonic()
         with self._lock:
+            if (user_id, token) in self._ended:
+                return
             if len(self._checked) >= self.size:
                 self._checked = {key: at for key, at in self._checked.items() if now - at < self.ttl}
                 if len(self._checked) >= self.size:
@@ -81,6 +87,9 @@ class SessionChecks:
     def forget(self, user_id: int, token: str) -> None:
         with self._lock:
             self._checked.pop((user_id, token), None)
+            self._ended[(user_id, token)] = None
+            while len(self._ended) > self.size:
+                del self._ended[next(iter(self._ended))]
 
 
 def session_checks() -> SessionChecks:

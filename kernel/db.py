@@ -80,10 +80,21 @@ def create_db_engine(url: str, pool_size: int = 10, watch: bool = True) -> Engin
 CONNECT_TIMEOUT = 5
 
 
+# An established connection to a host that stops answering (dropped packets, not a reset)
+# would hold a worker until the kernel gives up retransmitting, about 15 minutes: TCP
+# keepalives notice an idle one within ~25 s, and tcp_user_timeout a statement whose bytes
+# go unacknowledged for 30 s. Either way the connection fails like a cut one.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 30000}
+
+
 def _connect_args(url: str) -> dict:
-    if is_sqlite(url) or "connect_timeout=" in url:
+    if is_sqlite(url):
         return {}
-    return {"connect_timeout": CONNECT_TIMEOUT}
+    args = dict(KEEPALIVES)
+    if "connect_timeout=" not in url:
+        args["connect_timeout"] = CONNECT_TIMEOUT
+    return {key: value for key, value in args.items() if f"{key}=" not in url}
 
 
 def _connect_in_time(engine: Engine) -> None:
@@ -230,6 +241,20 @@ def _is_driver_error(exc) -> bool:
     return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError))
 
 
+# PostgreSQL error codes (SQLSTATE) that mean "the server cannot serve you right now", as
+# opposed to a fault of the statement (a cancelled query, a lock not available, a full
+# disk: retrying the same thing would not cure them, and they keep their traceback).
+_UNREACHABLE_SQLSTATE_CLASSES = ("08",)  # connection exception
+_UNREACHABLE_SQLSTATES = {
+    "57P01", "57P02", "57P03",  # admin / crash shutdown, cannot connect now
+    "53300",  # too many connections
+    "3D000",  # the database does not exist (dropped, or not created yet)
+}
+# SQLite (embedded): the file cannot be opened or read, or another writer held it past the
+# busy timeout. Not "no such table", "readonly database", syntax errors.
+_UNREACHABLE_SQLITE = ("unable to open", "disk i/o error", "database is locked")
+
+
 def _driver_says_unreachable(orig) -> bool:
     import sqlite3
 
@@ -239,9 +264,16 @@ def _driver_says_unreachable(orig) -> bool:
     if isinstance(orig, TransactionRollbackError):  # deadlock, serialization failure: the statement's
         return False
     if isinstance(orig, sqlite3.OperationalError):
-        text = str(orig)
-        return not (text.startswith("no such") or "syntax error" in text)
-    return isinstance(orig, (psycopg2.OperationalError, psycopg2.InterfaceError)) or orig is None
+        text = str(orig).lower()
+        return any(marker in text for marker in _UNREACHABLE_SQLITE)
+    if isinstance(orig, psycopg2.InterfaceError):  # "connection already closed"
+        return True
+    if isinstance(orig, psycopg2.OperationalError):
+        code = getattr(orig, "pgcode", None)
+        if code is None:  # libpq's own: refused, timed out, "server closed the connection"
+            return True
+        return code in _UNREACHABLE_SQLSTATES or code[:2] in _UNREACHABLE_SQLSTATE_CLASSES
+    return orig is None
 
 
 class Outage:
@@ -377,6 +409,13 @@ def watch_outages(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _answered(dbapi_connection, record):
         outage.succeeded()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _answered_a_statement(connection, cursor, statement, parameters, context, executemany):
+        # A pooled connection that survived (a short cut) ends the outage too: without this
+        # a service that made no new connection would stay "down" and not log the next one.
+        if outage.down:
+            outage.succeeded()
 
 
 class _QuietWhileReported(logging.Filter):

@@ -63,6 +63,7 @@ OUTBOX_BACKLOG = Gauge("microblog_outbox_backlog", "Events appended but not yet 
 HTTP_REQUESTS = Counter(
     "microblog_http_requests", "HTTP requests the gateway answered, by endpoint, method and status",
     ["endpoint", "method", "status"])
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 HTTP_DURATION = Histogram(
     "microblog_http_request_duration_seconds", "Time to the gateway's response (for a stream: to its start)",
     ["endpoint", "method"], buckets=BUCKETS)
@@ -176,11 +177,14 @@ def instrument_app(app) -> None:
 
     @app.after_request
     def _record(response):
+        # A client picks the method: any other than these is "OTHER", or each made-up one
+        # would add a series (unbounded memory, and files under gunicorn).
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
         endpoint = request.endpoint or "unmatched"
         started = g.pop("_metrics_started", None)
         if started is not None:
-            HTTP_DURATION.labels(endpoint, request.method).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+            HTTP_DURATION.labels(endpoint, method).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
         return response
 
 

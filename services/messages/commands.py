@@ -7,7 +7,7 @@ from typing import Callable
 from sqlalchemy.orm import Session
 
 from kernel.db import autocommit_engine_for
-from kernel.errors import RecipientNotFound, ValidationFailed
+from kernel.errors import DependencyUnavailable, RecipientNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN, InboxRead, MessageSent
 from services.messages import inbox, log
 
@@ -25,8 +25,11 @@ def clean_body(body) -> str:
     return body
 
 
+USER_ID_MAX = 2**31 - 1  # the users service's ids are 32-bit integers
+
+
 def _user_id(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= USER_ID_MAX:
         raise ValidationFailed(f"{what} must be a user id.")
     return value
 
@@ -73,6 +76,15 @@ def _same_send(earlier: dict, sender_id: int, recipient_id: int, body: str) -> b
         "sender_id": sender_id, "recipient_id": recipient_id, "body": body}
 
 
+def _earlier_send(session: Session, scoped_key: str | None) -> dict | None:
+    if scoped_key is None:
+        return None
+    try:
+        return log.find_by_key(session, scoped_key)
+    finally:
+        session.rollback()  # end the read's transaction (SQLite holds its one connection)
+
+
 def send_message(session: Session, sender_id, recipient_id, body, recipient_exists: Callable[[int], bool],
                  idempotency_key: str | None = None) -> dict:
     """Append MessageSent. With an ``idempotency_key`` (made once per user action, where the
@@ -82,7 +94,18 @@ def send_message(session: Session, sender_id, recipient_id, body, recipient_exis
     sender_id = _user_id(sender_id, "sender")
     body = clean_body(body)
     scoped_key = f"{sender_id}:{clean_key(idempotency_key)}" if idempotency_key is not None else None
-    if isinstance(recipient_id, bool) or not isinstance(recipient_id, int) or not recipient_exists(recipient_id):
+    if isinstance(recipient_id, bool) or not isinstance(recipient_id, int) or not 1 <= recipient_id <= USER_ID_MAX:
+        raise RecipientNotFound(f"No user with id {recipient_id!r} to send a message to.")
+    try:
+        exists = recipient_exists(recipient_id)
+    except DependencyUnavailable:
+        # The users service is away: a repeat of a send already made needs no recipient
+        # check, so it is still answered (a new send must wait for the check).
+        earlier = _earlier_send(session, scoped_key)
+        if earlier is None:
+            raise
+        exists = True
+    if not exists:
         raise RecipientNotFound(f"No user with id {recipient_id!r} to send a message to.")
     event = MessageSent(sender_id=sender_id, recipient_id=recipient_id, body=body, idempotency_key=scoped_key)
     result = _commit_event(session, event)

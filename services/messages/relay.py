@@ -117,7 +117,7 @@ class OutboxRelay:
                 # Back off whatever wakes us meanwhile: hammering a broker that is down
                 # would only burn the CPU the service needs for taking new messages.
                 failures += 1
-                delay = min(self.poll_interval * 2 ** failures, MAX_BACKOFF)
+                delay = backoff_delay(self.poll_interval, failures)
                 outage.failed(exc, f"events wait in the log; retrying every {MAX_BACKOFF:g} s at most")
                 eventlet.sleep(delay)
                 continue
@@ -137,6 +137,13 @@ class OutboxRelay:
     def stop(self) -> None:
         self._running = False
         self.wake()
+
+
+def backoff_delay(base: float, failures: int) -> float:
+    """Seconds before the next round after ``failures`` failed ones in a row: doubling from
+    ``base``, at most ``MAX_BACKOFF``, for any number of failures (2 ** 1030 would not even
+    fit a float: an outage of an hour and a half must not end the relay)."""
+    return min(base * 2 ** min(failures, 32), MAX_BACKOFF)
 
 
 class Publisher:

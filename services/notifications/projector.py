@@ -228,9 +228,19 @@ class Backoff:
     Nothing is lost meanwhile: the broker keeps the events, and the tracking row (applied
     only with the rows it covers) and the feed catch-up apply each exactly once after."""
 
-    def __init__(self, database: Outage, feed: Outage):
+    # Any other failure (a bug, data this code cannot apply) is not an outage, but its
+    # event comes back at once (requeue_on_error): retries of it back off too, doubling
+    # from FAULT_BASE to FAULT_CAP seconds, so a poison event costs a traceback every few
+    # seconds, not a hot loop.
+    FAULT_BASE = 0.1
+    FAULT_CAP = 5.0
+
+    def __init__(self, database: Outage, feed: Outage, clock=time.monotonic):
         self.database = database
         self.feed = feed
+        self.clock = clock
+        self.faults = 0
+        self._fault_retry_at = 0.0
         self._released = threading.Event()  # green under eventlet's monkey patching
 
     def outage_of(self, exc: BaseException) -> Outage | None:
@@ -246,7 +256,7 @@ class Backoff:
         """Seconds until the next attempt is due (0 when both answer, or once released)."""
         if self._released.is_set():
             return 0.0
-        return max(self.database.due_in(), self.feed.due_in())
+        return max(self.database.due_in(), self.feed.due_in(), self._fault_retry_at - self.clock(), 0.0)
 
     def wait(self) -> None:
         delay = self.due_in()
@@ -263,12 +273,16 @@ class Backoff:
         except Exception as exc:
             outage = self.outage_of(exc)
             if outage is None:
+                self.faults += 1
+                self._fault_retry_at = self.clock() + min(self.FAULT_BASE * 2 ** min(self.faults - 1, 30),
+                                                          self.FAULT_CAP)
                 raise
             if outage is self.feed or not getattr(exc, "outage_reported", False):
                 outage.failed(exc)  # the engine reports its own errors (kernel.db.watch_outages)
             raise
         self.feed.succeeded()
         self.database.succeeded()
+        self.faults, self._fault_retry_at = 0, 0.0
         return result
 
     def release(self) -> None:

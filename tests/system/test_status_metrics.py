@@ -184,6 +184,8 @@ def test_embedded_mode_serves_every_metric_from_its_one_process(tmp_path):
         assert register(client, "susan").status_code == 302
         assert login(client, "susan").status_code == 302
         assert client.get("/no/such/page").status_code == 404
+        for made_up in ("ZZZQQ1", "ZZZQQ2"):  # a client's made-up methods add no series
+            client.open("/index", method=made_up)
         assert system.rpc.call("messages", "stats") == {"head": 0, "published": 0, "backlog": 0}
         after = scrape_app(client)
         assert delta(after, before, "microblog_http_requests_total", endpoint="auth.register", method="POST",
@@ -195,6 +197,9 @@ def test_embedded_mode_serves_every_metric_from_its_one_process(tmp_path):
         assert delta(after, before, "microblog_rpc_requests_total", service="messages", method="stats",
                      outcome="ok") == 1
         assert value(after, "microblog_outbox_backlog", service="messages") == 0
+        assert not any(dict(labels).get("method", "").startswith("ZZZ") for _, labels in after)
+        assert delta(after, before, "microblog_http_requests_total", endpoint="unmatched", method="OTHER",
+                     status="405") == 2
         # The gateway's side of the same calls: what it waited for, by outcome.
         assert delta(after, before, "microblog_rpc_calls_total", service="users", method="register",
                      outcome="ok") == 1

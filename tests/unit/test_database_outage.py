@@ -56,6 +56,7 @@ def test_a_refused_connection_is_unavailable_and_reported_once():
     (DatabaseUnavailable("users database"), True),
     (_operational(TransactionRollbackError("deadlock detected")), False),
     (_operational(sqlite3.OperationalError("no such table: users")), False),
+    (_operational(sqlite3.OperationalError("attempt to write a readonly database")), False),
     (sa.IntegrityError("INSERT", {}, psycopg2.IntegrityError("duplicate key")), False),
     (sa.ProgrammingError("SELEC", {}, psycopg2.ProgrammingError("syntax error")), False),
     (DependencyUnavailable("messages did not answer within 10 s"), False),
@@ -63,6 +64,26 @@ def test_a_refused_connection_is_unavailable_and_reported_once():
 ])
 def test_what_counts_as_the_database_being_unavailable(error, unavailable):
     assert db.is_database_unavailable(error) is unavailable
+
+
+@pytest.mark.parametrize("statement", [
+    "SET statement_timeout = 1; SELECT pg_sleep(1)",  # QueryCanceled (57014)
+    "SELECT 1/0",  # DataError
+])
+def test_a_statement_the_server_refuses_is_not_an_outage(real_infra, statement):
+    # PostgreSQL answered: the statement failed, not the database. A 503 "try again later"
+    # would hide a fault that retrying does not cure, and its traceback must stay.
+    from tests.conftest import PG_ADMIN_URL
+
+    engine = db.create_db_engine(PG_ADMIN_URL, pool_size=1, watch=False)
+    try:
+        with pytest.raises(sa.DBAPIError) as raised:
+            with engine.connect() as connection:
+                connection.exec_driver_sql(statement)
+        assert raised.value.orig.pgcode is not None
+        assert not db.is_database_unavailable(raised.value)
+    finally:
+        engine.dispose()
 
 
 def test_an_error_raised_from_a_connection_error_is_unavailable():
@@ -210,6 +231,35 @@ def test_the_backoff_tells_a_feed_outage_from_a_bug():
     assert not database.down and not feed.down
 
 
+def test_a_poison_event_is_retried_with_a_backoff_not_in_a_hot_loop():
+    # A bug, or an event this code cannot apply, raises on every delivery and comes back
+    # at once (requeue_on_error): its retries wait too, up to FAULT_CAP seconds apart.
+    clock = Clock()
+    database, feed = db.Outage("db", clock=clock), db.Outage("feed", clock=clock)
+    backoff = Backoff(database, feed, clock=clock)
+    attempts = []
+
+    def sleep_until_due():
+        clock.now += backoff.due_in()
+
+    backoff.wait = sleep_until_due
+
+    def apply():
+        attempts.append(clock.now)
+        clock.now += 0.001
+        raise KeyError("position")
+
+    end = clock.now + 60
+    while clock.now < end:
+        with pytest.raises(KeyError):  # still raised: the event goes back to the queue
+            backoff.attempt(apply)
+    assert len(attempts) < 25, len(attempts)
+    assert max(b - a for a, b in zip(attempts, attempts[1:])) <= Backoff.FAULT_CAP + 0.01
+    assert not database.down and not feed.down  # a bug is not reported as an outage
+    assert backoff.attempt(lambda: "applied") == "applied"
+    assert backoff.due_in() == 0
+
+
 # Logs and teardown.
 
 def _record(exc) -> logging.LogRecord:
@@ -271,3 +321,20 @@ def test_a_database_that_accepts_and_never_answers_fails_the_connect_in_time():
             engine.dispose()
     assert time.monotonic() - started < 3
     assert db.is_database_unavailable(raised.value) and "timed out" in str(raised.value)
+
+
+def test_a_statement_that_succeeds_on_a_pooled_connection_ends_the_outage(tmp_path):
+    # Otherwise a process whose pool survived a short cut stays "down", and logs nothing
+    # when the next outage starts.
+    engine = db.create_db_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    outage = db.outage_for(engine.url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        outage.failed(sqlite3.OperationalError("disk I/O error"))
+        assert outage.down
+        with engine.connect() as connection:  # the same pooled connection: no "connect" event
+            connection.execute(text("SELECT 1"))
+        assert not outage.down
+    finally:
+        engine.dispose()

@@ -174,3 +174,30 @@ def test_two_repeats_queued_behind_the_log_head_lock_append_one_event(messages_d
         assert count(make_session) == 1 and count(make_session, InboxMessage) == 1
     finally:
         dispose(engine)
+
+
+def test_a_repeat_is_answered_while_the_users_service_is_away(messages_db):
+    from kernel.errors import DependencyUnavailable
+
+    _, make_session = messages_db
+    key = uuid.uuid4().hex
+    first = send(make_session, 1, 2, "hello", key)
+
+    def users_away(_user_id):
+        raise DependencyUnavailable("users did not answer within 10 s")
+
+    session = make_session()
+    try:
+        assert commands.send_message(session, 1, 2, "hello", users_away, idempotency_key=key) == first
+        with pytest.raises(DependencyUnavailable):  # a new send still needs the check
+            commands.send_message(session, 1, 2, "hello", users_away, idempotency_key=uuid.uuid4().hex)
+    finally:
+        session.close()
+    assert count(make_session) == 1
+
+
+@pytest.mark.parametrize("sender", [0, -1, 2**31, 10**30])
+def test_a_sender_id_out_of_range_is_refused(messages_db, sender):
+    _, make_session = messages_db
+    with pytest.raises(ValidationFailed):
+        send(make_session, sender, 2, "hello", uuid.uuid4().hex)

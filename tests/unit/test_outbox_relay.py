@@ -310,3 +310,11 @@ def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_en
         publisher.flush()
     finally:
         broker.stop()
+
+
+def test_the_backoff_stays_bounded_for_any_number_of_failures():
+    # 2 ** 1030 does not fit a float: an hour and a half of outage once ended the relay.
+    from services.messages.relay import MAX_BACKOFF, backoff_delay
+
+    assert backoff_delay(0.5, 1) == 1.0
+    assert [backoff_delay(0.5, n) for n in (100, 1030, 10**6)] == [MAX_BACKOFF] * 3

@@ -83,9 +83,12 @@ def test_session_checks_expire_forget_and_stay_bounded(monkeypatch):
     checks.remember(1, "a")
     checks.forget(1, "a")
     assert not checks.fresh(1, "a")  # this process's sign-out shows at once
+    checks.remember(1, "a")  # a check that was in flight when it was signed out
+    assert not checks.fresh(1, "a")
     for i in range(10):
         checks.remember(i, "t")
-    assert len(checks._checked) <= 3
+        checks.forget(100 + i, "t")
+    assert len(checks._checked) <= 3 and len(checks._ended) <= 3
 
 
 @pytest.mark.parametrize("raw, parsed", [
