@@ -148,7 +148,7 @@ def _serve_service(name: str, migrate: bool) -> None:
 
     from deploy.registry import SERVICES
     from deploy.registry import migrate as apply_migrations
-    from deploy.startup import check_broker, check_database, first_line, startup_timeout
+    from deploy.startup import check_broker, check_database, first_line, redact, startup_timeout
 
     spec = SERVICES[name]
     config = {}
@@ -197,8 +197,8 @@ def _serve_service(name: str, migrate: bool) -> None:
                   else f"{type(exc).__name__}: {first_line(exc)}")
         with contextlib.suppress(Exception, eventlet.Timeout), eventlet.Timeout(5):
             runner.kill()
-        _fail(f"{name} service could not start (broker {_redact(config['AMQP_URI'])}): {reason}", 1)
-    click.echo(f"{name} service is running (broker {_redact(config['AMQP_URI'])}"
+        _fail(f"{name} service could not start (broker {redact(config['AMQP_URI'])}): {reason}", 1)
+    click.echo(f"{name} service is running (broker {redact(config['AMQP_URI'])}"
                + (f"; metrics on :{config['METRICS_PORT']}/metrics" if config.get("METRICS_PORT") else "") + ")")
     try:
         runner.wait()
@@ -497,15 +497,6 @@ def status(max_lag, max_backlog, timeout):
             click.echo(f"status: {problem}", err=True)
         sys.exit(1)
     click.echo(f"status: ok (lag at most {max_lag}, backlog at most {max_backlog})")
-
-
-def _redact(uri: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(uri).render_as_string(hide_password=True)
-    except Exception:
-        return uri.split("@")[-1]
 
 
 if __name__ == "__main__":
