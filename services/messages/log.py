@@ -50,9 +50,7 @@ def find_by_key(session_or_connection, idempotency_key: str | None) -> dict | No
     if idempotency_key is None:
         return None
     row = session_or_connection.execute(
-        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at,
-               _LOG.c.data, _LOG.c.idempotency_key)
-        .where(_LOG.c.idempotency_key == idempotency_key)
+        select(*_PAYLOAD_COLUMNS).where(_LOG.c.idempotency_key == idempotency_key)
     ).first()
     return _payload(row) if row is not None else None
 
@@ -129,6 +127,9 @@ def _is_key_conflict(error: IntegrityError) -> bool:
 
 
 _LOG = LoggedEvent.__table__
+# What ``_payload`` reads from a row (the relay's locking read names the same in its SQL).
+_PAYLOAD_COLUMNS = (_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at,
+                    _LOG.c.data, _LOG.c.idempotency_key)
 
 
 def _payload(row) -> dict:
@@ -151,8 +152,7 @@ def read_payloads_after(session: Session, position, limit: int = FEED_BATCH_MAX)
     ``position`` may also be a scalar subquery."""
     limit = max(1, min(int(limit), FEED_BATCH_MAX))
     rows = session.execute(
-        select(_LOG.c.position, _LOG.c.event_id, _LOG.c.event_type, _LOG.c.version, _LOG.c.occurred_at, _LOG.c.data,
-               _LOG.c.idempotency_key)
+        select(*_PAYLOAD_COLUMNS)
         .where(_LOG.c.position > position)
         .order_by(_LOG.c.position)
         .limit(limit)
