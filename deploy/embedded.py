@@ -106,9 +106,7 @@ class EmbeddedSystem:
 
     def stop(self):
         if self.app is not None:
-            listener = self.app.extensions.get("change_listener")
-            if listener is not None:
-                listener.stop()
+            self.app.extensions["hub"].stop()  # open streams end; browsers come back later
             self.rpc.stop()
         if self.runner is not None:
             self.runner.stop()

@@ -39,7 +39,8 @@ def navbar_context() -> dict:
         except UNAVAILABLE as exc:
             current_app.logger.warning("notifications unavailable (%s); the badge is left as it was", exc)
             count = None
-    return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000)}
+    return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000),
+            "use_stream": current_app.config["USE_STREAM"]}
 
 
 def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = None) -> Flask:
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         SECRET_KEY=settings.secret_key,
         LANGUAGES=settings.languages,
         POLL_INTERVAL=settings.poll_interval,
+        USE_STREAM=settings.use_stream,
         REMEMBER_COOKIE_DURATION=timedelta(days=settings.remember_days),
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
@@ -61,14 +63,17 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         # No form here is more than a few KB: a bigger body is a 413, not read into memory.
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
-    from gateway.freshness import ChangeListener, LatestTimestamps
+    from gateway.hub import Hub
 
-    latest = LatestTimestamps(ttl=settings.poll_cache_ttl)
-    app.extensions["latest_timestamps"] = latest
-    app.extensions["change_listener"] = ChangeListener(settings.amqp_uri, latest) if settings.poll_cache_ttl > 0 else None
-    app.extensions["rpc"] = rpc or InstrumentedRpcPool(
+    pool = app.extensions["rpc"] = rpc or InstrumentedRpcPool(
         {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
     )
+    # One hub per process: open streams and the poll's cache, fed by the broadcast.
+    hub = Hub(settings.amqp_uri, read_many=lambda pairs: pool.notifications.notifications_since_many(pairs),
+              poll_cache_ttl=settings.poll_cache_ttl)
+    app.extensions["hub"] = hub
+    app.extensions["latest_timestamps"] = hub.latest
+    app.config.update(STREAM_KEEPALIVE=settings.stream_keepalive, STREAM_RETRY_MS=settings.stream_retry_ms)
 
     login_manager.init_app(app)
     login_manager.user_loader(load_user)

@@ -90,11 +90,14 @@ class LatestTimestamps:
 
 
 class ChangeListener:
-    """A daemon thread consuming ``NotificationChanged`` broadcasts into ``LatestTimestamps``."""
+    """A daemon thread consuming ``NotificationChanged`` broadcasts into ``sink`` (the hub,
+    ``gateway.hub.Hub``): ``sink.changed(...)`` per change, ``sink.connection_up()`` once
+    the queue is consumed (so anything later is heard), ``sink.connection_down()`` when the
+    connection is lost."""
 
-    def __init__(self, amqp_uri: str, latest: LatestTimestamps):
+    def __init__(self, amqp_uri: str, sink):
         self.amqp_uri = amqp_uri
-        self.latest = latest
+        self.sink = sink
         self._started = False
         self._start_lock = threading.Lock()
         self._stopping = False
@@ -113,7 +116,10 @@ class ChangeListener:
         try:
             event = Event.from_dict(body)
             if isinstance(event, NotificationChanged):
-                self.latest.changed(event.user_id, event.timestamp)
+                # A change from a publisher that predates ``value`` is announced without
+                # it: streams then re-read the user's rows.
+                has_value = "value" in body.get("data", {})
+                self.sink.changed(event.user_id, event.name, event.timestamp, event.value, has_value)
         except EventContractError:
             logger.warning("ignoring an unreadable notification change: %r", body)
         message.ack()
@@ -130,7 +136,7 @@ class ChangeListener:
                     queue = Queue(exchange=exchange, routing_key=NotificationChanged.__name__,
                                   exclusive=True, auto_delete=True)
                     with Consumer(connection, queues=[queue], callbacks=[self._on_message]):
-                        self.latest.connection_up()
+                        self.sink.connection_up()
                         outage.succeeded()
                         failures = 0
                         while not self._stopping:
@@ -140,8 +146,8 @@ class ChangeListener:
                                 pass
                             connection.heartbeat_check()
             except Exception as exc:  # broker gone: answer every poll from the service meanwhile
-                outage.failed(exc, "polls are answered by the service meanwhile; reconnecting")
-            self.latest.connection_down()
+                outage.failed(exc, "polls are answered by the service and streams re-read on reconnect")
+            self.sink.connection_down()
             if not self._stopping:
                 time.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
                 failures += 1

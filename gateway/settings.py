@@ -20,6 +20,12 @@ class GatewaySettings:
     # How long a process trusts what it knows of a user's latest notification to answer
     # "nothing new" without asking the service (0 turns the shortcut off).
     poll_cache_ttl: float = 5.0
+    # The push stream (/notifications/stream): pages use it (and poll only when it fails);
+    # a comment line every ``stream_keepalive`` seconds keeps idle connections open through
+    # proxies; browsers reconnect ``stream_retry_ms`` after a stream ends.
+    use_stream: bool = True
+    stream_keepalive: float = 15.0
+    stream_retry_ms: int = 3000
     remember_days: int = 14
     secure_cookies: bool = False
 
@@ -40,6 +46,9 @@ class GatewaySettings:
             remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
             poll_cache_ttl=env.env_float("POLL_CACHE_TTL", 5.0, minimum=0.0),
             secure_cookies=env.env_bool("SECURE_COOKIES", False),
+            use_stream=env.env_bool("USE_STREAM", True),
+            stream_keepalive=env.env_float("STREAM_KEEPALIVE", 15.0, minimum=0.05),
+            stream_retry_ms=env.env_int("STREAM_RETRY_MS", 3000, minimum=0),
         )
 
 

@@ -143,11 +143,17 @@ EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (MessageSent
 class NotificationChanged(Event):
     """A user's notification row changed (published by the notifications service after
     commit; not part of the messages log, so ``position`` stays 0). Gateways use it to
-    answer "nothing new" polls without asking the service."""
+    answer "nothing new" polls without asking the service, and push the change to open
+    streams.
+
+    ``value`` is the row's new data (the poll's ``data``), so a gateway pushes the change
+    without asking the service. Optional within version 1: a payload without it (from an
+    older publisher) still reads, and the gateway then re-reads the user's rows."""
 
     user_id: int
     name: str
     timestamp: float
+    value: Any = None
 
 
 EVENT_TYPES[NotificationChanged.__name__] = NotificationChanged

@@ -14,6 +14,7 @@ from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
 from gateway.session_user import SessionUser, parse_session_id, session_is_live
+from gateway.stream import open_stream
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN
@@ -26,7 +27,7 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 @bp.before_app_request
 def record_last_seen():
     # The badge's background poll is not the person doing anything (and must stay cheap).
-    if request.endpoint == "main.notifications":
+    if request.endpoint in ("main.notifications", "main.notification_stream"):
         return
     if current_user.is_authenticated and not current_user.seen_within(LAST_SEEN_RESOLUTION):
         try:
@@ -186,23 +187,58 @@ def _notifications():
     user_id = _session_user_id()
     if user_id is None:
         return jsonify(error=_("Please log in to access this page.")), 401
-    raw = request.args.get("since", "0")
-    try:
-        since = float(raw)
-    except ValueError:
-        since = math.nan
-    if not math.isfinite(since) or since < 0:
+    since = _unix_time(request.args.get("since", "0"))
+    if since is None:
         return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
-    listener = current_app.extensions["change_listener"]
-    latest = current_app.extensions["latest_timestamps"]
-    if listener is not None:
-        listener.ensure_started()
-        if latest.nothing_newer(user_id, since):
-            return jsonify([])
+    return jsonify(_rows_since(user_id, since))
+
+
+def _unix_time(raw: str) -> float | None:
+    """A finite number, 0 or more; None for anything else (``abc``, ``nan``, ``inf``, empty)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _rows_since(user_id: int, since: float) -> list[dict]:
+    """The poll's read: the user's rows newer than ``since``, oldest first; from memory
+    when this process is sure there is nothing newer."""
+    hub = current_app.extensions["hub"]
+    latest = hub.latest
+    hub.start()
+    if latest.nothing_newer(user_id, since):
+        return []
     token = latest.reading()
     rows = services().notifications.notifications_since(user_id, since)
     latest.record(user_id, max([since] + [row["timestamp"] for row in rows]), token)
-    return jsonify(rows)
+    return rows
+
+
+@bp.route("/notifications/stream")
+def notification_stream():
+    """The poll's rows pushed as Server-Sent Events (README, "The push stream").
+
+    ``id:`` is each row's timestamp, ``data:`` the row as the poll gives it. It starts from
+    ``Last-Event-ID``, else ``?since=``, else 0: first the rows newer than that (the
+    poll's read), then each change as it commits. Same errors as the poll: 401 JSON for an
+    anonymous caller, 400 for a start point that is not a Unix time, 503 when the
+    notifications service cannot answer the first read (the page then polls).
+    """
+    user_id = _session_user_id()
+    if user_id is None:
+        return jsonify(error=_("Please log in to access this page.")), 401
+    raw = request.headers.get("Last-Event-ID") or request.args.get("since", "0")
+    since = _unix_time(raw)
+    if since is None:
+        return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
+    try:
+        return open_stream(user_id, since)
+    except UNAVAILABLE as exc:
+        current_app.logger.warning("stream: %s", exc)
+        response = jsonify(error=_("Notifications are unavailable right now; please try again shortly."))
+        return response, 503, {"Retry-After": str(RETRY_AFTER)}
 
 
 def _session_user_id() -> int | None:

@@ -20,6 +20,8 @@ from services.notifications.projector import Backoff, Projector, Turn
 
 logger = logging.getLogger(__name__)
 _announce_outage = OutageLog(logger, "notifications: announcing changes")
+UNANNOUNCED_LIMIT = 10_000
+SINCE_MANY_LIMIT = 1000
 
 
 class ConfiguredTimer(Timer):
@@ -86,7 +88,41 @@ class ProjectorProvider(DependencyProvider):
 
         self.turn = Turn(Semaphore(1))
         self.feed_outage = Outage("notifications: the messages feed (messages.events_after)")
+        from eventlet.semaphore import Semaphore as Lock
+
+        self.unannounced: dict = {}  # (user_id, name) -> newest row not yet broadcast
+        self._unannounced_lock = Lock(1)
         self.backoff: Backoff | None = None
+
+    def announce(self, service, rows) -> None:
+        """Broadcast ``rows`` (committed changes) to the gateways, with what an earlier
+        call could not publish. After commit: if the broker is away the change is still
+        committed, and it is kept (the newest row per key, at most ``UNANNOUNCED_LIMIT``)
+        and published by the next call or the next feed check, so an open stream still gets
+        it. (When the broker itself was away the gateways lost their connection too and
+        re-read on reconnect; this covers a publish that failed while theirs stayed up.)"""
+        with self._unannounced_lock:
+            for row in rows:
+                kept = self.unannounced.get(row.key)
+                if kept is None or kept.timestamp < row.timestamp:
+                    self.unannounced[row.key] = row
+            if not self.unannounced:
+                return
+            if len(self.unannounced) > UNANNOUNCED_LIMIT:  # a long outage: keep the newest
+                newest = sorted(self.unannounced.values(), key=lambda row: row.timestamp)[-UNANNOUNCED_LIMIT:]
+                self.unannounced = {row.key: row for row in newest}
+            waiting = sorted(self.unannounced.values(), key=lambda row: row.timestamp)
+            try:
+                for row in waiting:
+                    changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp,
+                                                  value=row.data)
+                    service.dispatch(NotificationChanged.__name__, changed.to_dict())
+                    if self.unannounced.get(row.key) is row:
+                        del self.unannounced[row.key]
+            except Exception as exc:  # the broker is away: one line per outage, not a traceback each
+                _announce_outage.failed(exc, "changes are kept and announced when it is back")
+            else:
+                _announce_outage.succeeded()
 
     def _database(self):
         return next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
@@ -106,16 +142,7 @@ class ProjectorProvider(DependencyProvider):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
         def announce(rows):
-            # After commit. If this publish fails the change is still committed: gateways
-            # just answer from the service until their cached entry expires.
-            try:
-                for row in rows:
-                    changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp)
-                    service.dispatch(NotificationChanged.__name__, changed.to_dict())
-            except Exception as exc:  # the broker is away: one line per outage, not a traceback each
-                _announce_outage.failed(exc, "gateways ask the service meanwhile")
-            else:
-                _announce_outage.succeeded()
+            self.announce(service, rows)
 
         projector = Projector(database.make_session, feed, turn=self.turn, announce=announce)
         projector.backoff = self.backoff
@@ -164,6 +191,7 @@ class NotificationsService(HealthCheck):
     @feed_check("FEED_CHECK_INTERVAL", 3.0)
     def check_feed(self):
         """Catches the case where the last event was lost and no later one reveals the gap."""
+        self.projector.announce([])  # changes an earlier broadcast could not publish
         backoff = self.projector.backoff
         if backoff.due_in() > 0:
             return  # an outage: the deliveries' backoff decides when to try again
@@ -182,6 +210,24 @@ class NotificationsService(HealthCheck):
         if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
             raise ValidationFailed("since must be a number.", "since")
         return store.since(self.db, _valid_user_id(user_id), float(since))
+
+    @rpc
+    def notifications_since_many(self, pairs):
+        """``notifications_since`` for many users at once (a gateway re-reading for its open
+        streams after a reconnect): ``pairs`` is [[user_id, since], ...], at most
+        ``SINCE_MANY_LIMIT``; the answer is [[user_id, rows], ...] in the same order."""
+        if not isinstance(pairs, list) or len(pairs) > SINCE_MANY_LIMIT:
+            raise ValidationFailed(f"pairs must be a list of at most {SINCE_MANY_LIMIT} [user_id, since] pairs.")
+        since_by_user: dict[int, float] = {}
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise ValidationFailed("each pair must be [user_id, since].")
+            user_id, since = _valid_user_id(pair[0]), pair[1]
+            if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
+                raise ValidationFailed("since must be a number.", "since")
+            since_by_user[user_id] = min(float(since), since_by_user.get(user_id, float("inf")))
+        found = store.since_many(self.db, since_by_user)
+        return [[user_id, found[user_id]] for user_id in since_by_user]
 
     @rpc
     def unread_message_count(self, user_id):

@@ -234,6 +234,23 @@ def since(session: Session, user_id: int, timestamp: float) -> list[dict]:
     return [{"name": r.name, "data": json.loads(r.payload_json), "timestamp": r.timestamp} for r in rows]
 
 
+def since_many(session: Session, since_by_user: dict[int, float]) -> dict[int, list[dict]]:
+    """``since`` for many users in one query: {user_id: rows newer than its since}."""
+    if not since_by_user:
+        return {}
+    lowest = min(since_by_user.values())
+    rows = session.execute(
+        select(LIVE.c.user_id, LIVE.c.name, LIVE.c.payload_json, LIVE.c.timestamp)
+        .where(LIVE.c.user_id.in_(list(since_by_user)), LIVE.c.timestamp > lowest)
+        .order_by(LIVE.c.timestamp)
+    )
+    found: dict[int, list[dict]] = {user_id: [] for user_id in since_by_user}
+    for r in rows:
+        if r.timestamp > since_by_user[r.user_id]:
+            found[r.user_id].append({"name": r.name, "data": json.loads(r.payload_json), "timestamp": r.timestamp})
+    return found
+
+
 def all_rows(session: Session, table: Table = LIVE) -> dict[Key, Row]:
     result = session.execute(select(table.c.user_id, table.c.name, table.c.payload_json, table.c.timestamp))
     return _rows(result)

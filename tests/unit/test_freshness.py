@@ -57,7 +57,7 @@ def test_entries_expire():
 def test_the_listener_survives_a_broker_cut_reconnects_and_logs_the_outage_once(real_infra, rabbit_config, caplog):
     import logging
 
-    from gateway.freshness import ChangeListener
+    from gateway.hub import Hub
     from tests.fault.proxy import TcpProxy
 
     def wait_until(condition, seconds):
@@ -67,8 +67,8 @@ def test_the_listener_survives_a_broker_cut_reconnects_and_logs_the_outage_once(
             time.sleep(0.05)
 
     broker = TcpProxy(("127.0.0.1", 5672)).start()
-    latest = LatestTimestamps()
-    listener = ChangeListener(rabbit_config["AMQP_URI"].replace(":5672", f":{broker.port}"), latest)
+    hub = Hub(rabbit_config["AMQP_URI"].replace(":5672", f":{broker.port}"))
+    latest, listener = hub.latest, hub.listener
     caplog.set_level(logging.WARNING, logger="gateway.freshness")
     try:
         listener.ensure_started()

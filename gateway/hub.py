@@ -1,0 +1,291 @@
+"""The gateway's hub: one per process, the map user -> open streams, fed by the broadcast.
+
+The notifications service broadcasts ``NotificationChanged`` (user, name, value,
+timestamp) after each commit; every gateway process hears it on an exclusive queue of its
+own (``gateway.freshness.ChangeListener``). The hub hands each change to the open streams
+of that user, and keeps the poll's "nothing newer" cache (``LatestTimestamps``) current.
+
+Why nothing is missed:
+* a stream registers here *before* it reads its user's rows, so a change committed during
+  that read is already on its way to it; a row is written only if its timestamp is past
+  the stream's last id (timestamps strictly increase per user), so the read and the
+  broadcast may overlap without a row going out twice or an older value after a newer one;
+* a change whose broadcast carries no value (an older publisher), and every change while
+  the listener was disconnected, are caught by a re-read: when the listener (re)connects
+  every open stream re-reads its user's rows after its last id; the consumer is bound
+  before that, so a change committed after the re-read started is heard;
+* the notifications service keeps a change it could not broadcast and publishes it again
+  (``services.notifications.service``).
+
+Coalescing: a stream keeps, per notification name, only the newest row it has not yet
+written, so two quick changes may go out as one event carrying the latest value.
+
+Nothing here blocks on a client: the listener only files rows and sets a stream's flag;
+each stream's own greenlet (or thread) writes to its socket. A slow reader holds up only
+itself.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import threading
+
+from gateway.freshness import ChangeListener, LatestTimestamps
+from kernel.outage import OutageLog
+
+logger = logging.getLogger(__name__)
+
+REREAD_BATCH = 500  # users per notifications_since_many call
+REREAD_RETRY = 2.0  # seconds before re-reading again when the service did not answer
+
+
+class Stream:
+    """One open stream: its user, the last timestamp written and the rows waiting."""
+
+    __slots__ = ("user_id", "last", "pending", "closed", "wake", "fd")
+
+    def __init__(self, user_id: int, last: float):
+        self.user_id = user_id
+        self.last = last  # the id of the last event written (or the start point)
+        self.pending: dict[str, dict] = {}  # name -> newest row not yet written
+        self.closed = False  # the client went away or the process is stopping
+        self.wake = threading.Event()
+        self.fd: int | None = None
+
+
+class Hub:
+    """One per gateway process (``app.extensions["hub"]``)."""
+
+    def __init__(self, amqp_uri: str | None, read_many=None, poll_cache_ttl: float = 5.0):
+        """``read_many(pairs)``: the notifications service's ``notifications_since_many``
+        ([[user_id, since], ...] -> [[user_id, rows], ...]), for re-reads."""
+        self.latest = LatestTimestamps(ttl=poll_cache_ttl)
+        self.listener = ChangeListener(amqp_uri, self) if amqp_uri else None
+        self.read_many = read_many
+        self._streams: dict[int, set[Stream]] = {}
+        self._lock = threading.Lock()
+        self.closing = False
+        self._hangups: HangupWatch | None = None
+        # Re-reads: every user's (after a reconnect) or some users' (a change announced
+        # without its value). One thread does them for the whole process, in batches.
+        self._reread_all = False
+        self._reread_users: set[int] = set()
+        self._reread_wake = threading.Event()
+        self._reread_thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._reread_outage = OutageLog(logger, "open streams: re-reading notifications")
+
+    # -- what the listener calls ------------------------------------------------------
+    def connection_up(self) -> None:
+        self.latest.connection_up()
+        # Changes may have been missed while disconnected (or before the first connect):
+        # every open stream re-reads its rows after its last id.
+        with self._lock:
+            self._reread_all = True
+        self._reread_wake.set()
+
+    def connection_down(self) -> None:
+        self.latest.connection_down()
+
+    def changed(self, user_id: int, name: str, timestamp: float, value=None, has_value: bool = True) -> None:
+        self.latest.changed(user_id, timestamp)
+        with self._lock:
+            streams = self._streams.get(user_id)
+            if not streams:
+                return
+            if not has_value:
+                self._reread_users.add(user_id)
+                self._reread_wake.set()
+                return
+            row = {"name": name, "data": value, "timestamp": timestamp}
+            for stream in streams:
+                if _offer(stream, row):
+                    stream.wake.set()
+
+    # -- what a stream calls ----------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.latest.connected
+
+    def start(self) -> None:
+        """Started on first use, in the process that serves (after gunicorn's fork)."""
+        if self.listener is not None:
+            self.listener.ensure_started()
+        if self._reread_thread is None and self.read_many is not None:
+            with self._start_lock:
+                if self._reread_thread is None:
+                    self._reread_thread = threading.Thread(target=self._reread_loop, name="stream-rereads", daemon=True)
+                    self._reread_thread.start()
+
+    def open(self, user_id: int, since: float, sock=None) -> Stream:
+        self.start()
+        stream = Stream(user_id, since)
+        with self._lock:
+            self._streams.setdefault(user_id, set()).add(stream)
+            if self.closing:
+                stream.closed = True
+        if sock is not None:
+            self._watch(stream, sock)
+        return stream
+
+    def add_rows(self, stream: Stream, rows: list[dict]) -> None:
+        """Rows read from the service for ``stream`` (its first read, or a re-read)."""
+        with self._lock:
+            for row in rows:
+                _offer(stream, row)
+
+    def take(self, stream: Stream) -> list[dict]:
+        """The rows to write now, oldest first; ``stream.last`` moves to the newest. The
+        stream's ``wake`` is cleared: anything filed after this sets it again."""
+        with self._lock:
+            if not stream.closed:
+                stream.wake.clear()
+            rows = sorted((row for row in stream.pending.values() if row["timestamp"] > stream.last),
+                          key=lambda row: row["timestamp"])
+            stream.pending.clear()
+            if rows:
+                stream.last = rows[-1]["timestamp"]
+            return rows
+
+    def close(self, stream: Stream) -> None:
+        with self._lock:
+            streams = self._streams.get(stream.user_id)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self._streams[stream.user_id]
+        if stream.fd is not None and self._hangups is not None:
+            self._hangups.forget(stream)
+
+    def count(self) -> int:
+        with self._lock:
+            return sum(len(streams) for streams in self._streams.values())
+
+    def shutdown(self) -> None:
+        """The process is stopping: every stream ends now (browsers reconnect elsewhere
+        with ``Last-Event-ID``), and new ones end as soon as they start."""
+        with self._lock:
+            self.closing = True
+            for streams in self._streams.values():
+                for stream in streams:
+                    stream.closed = True
+                    stream.wake.set()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self._reread_wake.set()
+        if self.listener is not None:
+            self.listener.stop()
+
+    # -- re-reads -------------------------------------------------------------------------
+    def _reread_loop(self) -> None:
+        while not self.closing:
+            self._reread_wake.wait()
+            self._reread_wake.clear()
+            if self.closing:
+                return
+            with self._lock:
+                users = list(self._streams) if self._reread_all else [u for u in self._reread_users if u in self._streams]
+                self._reread_all = False
+                self._reread_users.clear()
+                pairs = [[user_id, min(stream.last for stream in self._streams[user_id])] for user_id in users]
+            for start in range(0, len(pairs), REREAD_BATCH):
+                batch = pairs[start:start + REREAD_BATCH]
+                try:
+                    answer = self.read_many(batch)
+                except Exception as exc:  # the service (or broker) is away: try these again
+                    self._reread_outage.failed(exc, f"retrying in {REREAD_RETRY} s")
+                    with self._lock:
+                        self._reread_users.update(user_id for user_id, _ in pairs[start:])
+                    threading.Event().wait(REREAD_RETRY)
+                    self._reread_wake.set()
+                    break
+                self._reread_outage.succeeded()
+                with self._lock:
+                    for user_id, rows in answer:
+                        for stream in self._streams.get(user_id, ()):
+                            if any([_offer(stream, row) for row in rows]):
+                                stream.wake.set()
+
+    def _watch(self, stream: Stream, sock) -> None:
+        with self._lock:
+            if self._hangups is None:
+                self._hangups = HangupWatch() if HangupWatch.supported() else False
+        if self._hangups:
+            self._hangups.watch(stream, sock)
+
+
+def _offer(stream: Stream, row: dict) -> bool:
+    """File ``row`` for ``stream`` if it is news to it; True if it was."""
+    if row["timestamp"] <= stream.last:
+        return False
+    current = stream.pending.get(row["name"])
+    if current is not None and current["timestamp"] >= row["timestamp"]:
+        return False
+    stream.pending[row["name"]] = row
+    return True
+
+
+class HangupWatch:
+    """Notices at once that a stream's client went away (a closed tab), so its stream is
+    freed then and not at its next keepalive.
+
+    An SSE client never sends anything after its request, so its socket turns readable
+    only when it closes (EOF or reset). One epoll set holds every open stream's socket; one
+    thread waits on it through ``select`` (cooperative under gevent and eventlet, whose
+    ``select`` is patched) and wakes the stream whose socket turned readable. One thread
+    for every stream, instead of a second waiter per stream.
+    """
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._by_fd: dict[int, Stream] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="stream-hangups", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def supported() -> bool:
+        return hasattr(select, "epoll")
+
+    def watch(self, stream: Stream, sock) -> None:
+        try:
+            fd = sock.fileno()
+            with self._lock:
+                self._epoll.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+                self._by_fd[fd] = stream
+                stream.fd = fd
+        except (OSError, ValueError) as exc:  # already closed: the first write will tell
+            logger.debug("stream socket not watched: %s", exc)
+
+    def forget(self, stream: Stream) -> None:
+        # Before the server closes the socket (the stream's generator ends first), so the
+        # descriptor cannot be reused by another connection while still registered here.
+        with self._lock:
+            if self._by_fd.get(stream.fd) is stream:
+                del self._by_fd[stream.fd]
+                try:
+                    self._epoll.unregister(stream.fd)
+                except (OSError, ValueError):
+                    pass
+            stream.fd = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                select.select([self._epoll.fileno()], [], [], 5)
+                with self._lock:
+                    ready = self._epoll.poll(0)
+                    for fd, _ in ready:
+                        stream = self._by_fd.pop(fd, None)
+                        try:
+                            self._epoll.unregister(fd)
+                        except (OSError, ValueError):
+                            pass
+                        if stream is not None:
+                            stream.fd = None
+                            stream.closed = True
+                            stream.wake.set()
+            except Exception:  # never let the watch die: streams then end at their keepalive
+                logger.exception("stream hang-up watch failed; retrying")
+                threading.Event().wait(1)

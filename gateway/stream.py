@@ -1,0 +1,73 @@
+"""``GET /notifications/stream``: the poll's rows as Server-Sent Events.
+
+One code path for both run modes: a WSGI response whose body is a generator that waits on
+its stream's ``wake`` event (``gateway.hub``). Under gunicorn's gevent worker (real mode)
+and eventlet's WSGI server (embedded mode) ``threading`` is patched, so a waiting stream is
+a parked greenlet (a few KiB), not a thread: docs/architecture.md, "Server model".
+
+The wire format (https://html.spec.whatwg.org/multipage/server-sent-events.html):
+``retry: <ms>`` first, then per row ``id: <timestamp>`` and ``data: {"name", "data",
+"timestamp"}`` (one line), and a ``: keepalive`` comment after ``STREAM_KEEPALIVE`` seconds
+without an event. No ``event:`` field, so ``EventSource.onmessage`` receives every row.
+"""
+from __future__ import annotations
+
+import json
+
+from flask import Response, current_app, request
+
+from gateway.hub import Hub, Stream
+
+
+def _socket(environ):
+    """The client's socket, to notice a closed tab at once (gunicorn, werkzeug, eventlet)."""
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if sock is None:
+        wsgi_input = environ.get("eventlet.input")
+        connection = getattr(wsgi_input, "rfile", None)
+        sock = getattr(getattr(connection, "_sock", None), "_sock", None) or getattr(connection, "_sock", None)
+    return sock if hasattr(sock, "fileno") else None
+
+
+def format_event(row: dict) -> str:
+    # repr of a float is the shortest text that reads back as the same float, which is
+    # also how the poll's JSON prints it: ids compare exactly with ``since``.
+    return f"id: {row['timestamp']!r}\ndata: {json.dumps(row, separators=(',', ':'))}\n\n"
+
+
+def open_stream(user_id: int, since: float) -> Response:
+    """Register the stream, read the user's rows newer than ``since`` (the poll's read;
+    the service's errors propagate, the caller answers 503), then stream."""
+    hub: Hub = current_app.extensions["hub"]
+    pool = current_app.extensions["rpc"]
+    # Registered before the read: a change committed meanwhile reaches this stream too.
+    stream = hub.open(user_id, since, _socket(request.environ))
+    try:
+        rows = pool.notifications.notifications_since(user_id, since)
+    except BaseException:
+        hub.close(stream)
+        raise
+    hub.add_rows(stream, rows)
+    # eventlet's WSGI server holds back writes until 4 KiB have gathered: each event must
+    # go out as it is yielded.
+    request.environ["eventlet.minimum_write_chunk_size"] = 0
+    body = _events(hub, stream, current_app.config["STREAM_KEEPALIVE"], current_app.config["STREAM_RETRY_MS"])
+    return Response(body, mimetype="text/event-stream", headers={
+        "Cache-Control": "no-cache, no-store",
+        "X-Accel-Buffering": "no",  # nginx and the like: pass each event on at once
+    })
+
+
+def _events(hub: Hub, stream: Stream, keepalive: float, retry_ms: int):
+    try:
+        yield f"retry: {retry_ms}\n\n"
+        while not stream.closed:
+            rows = hub.take(stream)
+            if rows:
+                yield "".join(format_event(row) for row in rows)
+            elif not stream.wake.wait(keepalive):
+                yield ": keepalive\n\n"
+    finally:
+        # Runs when the stream ends, the client goes away (the server closes the
+        # generator) or the process stops.
+        hub.close(stream)
