@@ -157,6 +157,7 @@ def embedded_site(args, logs: Path):
 
 @contextmanager
 def running_site(args, logs: Path):
+    _wait_until_up(args.url.rstrip("/"), None, None, timeout=30)
     yield Site(args.url.rstrip("/"), args.server_pid, None, {})
 
 
@@ -762,12 +763,17 @@ def main():
     try:
         with ExitStack() as stack:
             site = stack.enter_context(start(args, logs))
-            names = [f"u{i}" for i in range(args.users)]
-            senders = [f"sender{i}" for i in range(args.senders)]
+            prefix = f"pb{os.urandom(3).hex()}"  # new names each run: a running site may have earlier ones
+            names = [f"{prefix}u{i}" for i in range(args.users)]
+            senders = [f"{prefix}s{i}" for i in range(args.senders)]
             began = time.monotonic()
             signed_in = sign_up_all(site.base, names + senders, args.signup_threads)
             report["signup seconds"] = time.monotonic() - began
             cookies = [cookie_header(browser) for browser, _ in signed_in[:args.users]]
+            for browser, _ in signed_in[:args.users]:
+                # An idle keep-alive connection holds a server green thread as a stream does
+                # (eventlet.wsgi serves at most 1024 connections at once): only cookies stay.
+                browser.close()
             since = [latest for _, latest in signed_in[:args.users]]
             sender_sessions = [browser for browser, _ in signed_in[args.users:]]
 
