@@ -31,6 +31,7 @@ import select
 import threading
 
 from gateway.freshness import ChangeListener, LatestTimestamps
+from kernel.metrics import OPEN_STREAMS
 from kernel.outage import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Hub:
         stream = Stream(user_id, since)
         with self._lock:
             self._streams.setdefault(user_id, set()).add(stream)
+            OPEN_STREAMS.inc()
             if self.closing:
                 stream.closed = True
         if sock is not None:
@@ -150,8 +152,9 @@ class Hub:
     def close(self, stream: Stream) -> None:
         with self._lock:
             streams = self._streams.get(stream.user_id)
-            if streams is not None:
+            if streams is not None and stream in streams:
                 streams.discard(stream)
+                OPEN_STREAMS.dec()
                 if not streams:
                     del self._streams[stream.user_id]
         if stream.fd is not None and self._hangups is not None:
@@ -226,6 +229,28 @@ def _offer(stream: Stream, row: dict) -> bool:
     return True
 
 
+def _epoll_class():
+    """``select.epoll`` (Linux). gevent's and eventlet's patching hide it from ``select``
+    (they cannot make its ``poll`` cooperative); the original still works, and this module
+    only ever calls ``poll(0)`` after the patched ``select`` said its descriptor is ready."""
+    epoll = getattr(select, "epoll", None)
+    if epoll is None:
+        try:
+            from gevent import monkey
+
+            epoll = monkey.get_original("select", "epoll") if monkey.is_module_patched("select") else None
+        except ImportError:
+            pass
+    if epoll is None:
+        try:
+            from eventlet import patcher
+
+            epoll = getattr(patcher.original("select"), "epoll", None) if patcher.is_monkey_patched("select") else None
+        except ImportError:
+            pass
+    return epoll
+
+
 class HangupWatch:
     """Notices at once that a stream's client went away (a closed tab), so its stream is
     freed then and not at its next keepalive.
@@ -238,7 +263,7 @@ class HangupWatch:
     """
 
     def __init__(self):
-        self._epoll = select.epoll()
+        self._epoll = _epoll_class()()
         self._by_fd: dict[int, Stream] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="stream-hangups", daemon=True)
@@ -246,7 +271,7 @@ class HangupWatch:
 
     @staticmethod
     def supported() -> bool:
-        return hasattr(select, "epoll")
+        return _epoll_class() is not None
 
     def watch(self, stream: Stream, sock) -> None:
         try:
