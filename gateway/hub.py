@@ -75,6 +75,7 @@ class Hub:
         self._reread_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._reread_outage = OutageLog(logger, "open streams: re-reading notifications")
+        self._reads = ReadBatcher(read_many)
 
     # -- what the listener calls ------------------------------------------------------
     def connection_up(self) -> None:
@@ -129,6 +130,13 @@ class Hub:
         if sock is not None:
             self._watch(stream, sock)
         return stream
+
+    def read_since(self, user_id: int, since: float) -> list[dict]:
+        """The poll's read for a stream that opens: the user's rows newer than ``since``.
+        Reads that arrive together share one ``notifications_since_many`` call (a gateway
+        restart brings every browser back at once: thousands of opens). Alone, a read is
+        one call with no added wait. The service's errors are raised to each caller."""
+        return self._reads.read(user_id, since)
 
     def add_rows(self, stream: Stream, rows: list[dict]) -> None:
         """Rows read from the service for ``stream`` (its first read, or a re-read)."""
@@ -216,6 +224,54 @@ class Hub:
                 self._hangups = HangupWatch() if HangupWatch.supported() else False
         if self._hangups:
             self._hangups.watch(stream, sock)
+
+
+class _Batch:
+    __slots__ = ("pairs", "answer", "error", "done")
+
+    def __init__(self):
+        self.pairs: list[list] = []
+        self.answer: dict[int, list[dict]] = {}
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class ReadBatcher:
+    """Group commit for reads: at most ``IN_FLIGHT`` calls at a time; reads that arrive
+    while they are busy wait together for the next one, which carries them all (up to
+    ``REREAD_BATCH`` users)."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, read_many):
+        self.read_many = read_many
+        self._lock = threading.Lock()
+        self._open: _Batch | None = None
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+
+    def read(self, user_id: int, since: float) -> list[dict]:
+        with self._lock:
+            batch = self._open
+            if batch is None or len(batch.pairs) >= REREAD_BATCH:
+                batch = self._open = _Batch()
+            leader = not batch.pairs
+            batch.pairs.append([user_id, since])
+        if leader:
+            with self._slots:  # while every slot is busy, followers join this batch
+                with self._lock:
+                    if self._open is batch:
+                        self._open = None  # closed: later reads start the next batch
+                try:
+                    batch.answer = {user: rows for user, rows in self.read_many(batch.pairs)}
+                except BaseException as exc:
+                    batch.error = exc
+                finally:
+                    batch.done.set()
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return [row for row in batch.answer.get(user_id, ()) if row["timestamp"] > since]
 
 
 def _offer(stream: Stream, row: dict) -> bool:

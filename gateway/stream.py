@@ -37,11 +37,10 @@ def open_stream(user_id: int, since: float) -> Response:
     """Register the stream, read the user's rows newer than ``since`` (the poll's read;
     the service's errors propagate, the caller answers 503), then stream."""
     hub: Hub = current_app.extensions["hub"]
-    pool = current_app.extensions["rpc"]
     # Registered before the read: a change committed meanwhile reaches this stream too.
     stream = hub.open(user_id, since, _socket(request.environ))
     try:
-        rows = pool.notifications.notifications_since(user_id, since)
+        rows = hub.read_since(user_id, since)
     except BaseException:
         hub.close(stream)
         raise

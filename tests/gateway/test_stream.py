@@ -170,7 +170,7 @@ def test_on_shutdown_streams_end_cleanly_and_new_ones_end_at_once(base, system_a
 
     _, john = susan_and_john
     live_hub = system_app.extensions["hub"]
-    hub = system_app.extensions["hub"] = Hub(None)  # a hub of its own: the session's app keeps its
+    hub = system_app.extensions["hub"] = Hub(None, read_many=live_hub.read_many)  # its own: the session keeps the live one
     try:
         streams = [SseStream(base, cookie_of(john)) for _ in range(3)]
         for stream in streams:
@@ -196,7 +196,7 @@ def test_when_notifications_cannot_answer_the_first_read_the_stream_is_a_503(bas
     original = pool.call
 
     def call(service, method, *args, **kwargs):
-        if (service, method) == ("notifications", "notifications_since"):
+        if (service, method) == ("notifications", "notifications_since_many"):
             raise ServiceUnavailable("no answer in time")
         return original(service, method, *args, **kwargs)
 

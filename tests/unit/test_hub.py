@@ -150,3 +150,41 @@ def test_shutdown_ends_every_stream_and_any_opened_after():
         waiter.join(5)
     assert woken == [True, True, True] and all(s.closed for s in streams)
     assert hub.open(3, 0.0).closed
+
+
+def test_reads_that_arrive_together_share_one_call_and_each_gets_its_own_rows():
+    calls = []
+    gate = threading.Event()
+
+    def read_many(pairs):
+        calls.append([list(p) for p in pairs])
+        gate.wait(5)
+        return [[7, [row(1, 10.0), row(2, 12.0)]], [8, [row(5, 20.0)]]]
+
+    hub = Hub(None, read_many=read_many)
+    results = {}
+    readers = [threading.Thread(target=lambda k=k, u=u, s=s: results.__setitem__(k, hub.read_since(u, s)))
+               for k, (u, s) in enumerate([(7, 0.0), (7, 11.0), (8, 0.0), (7, 0.0), (8, 0.0)])]
+    readers[0].start(), readers[1].start()  # two calls in flight: both slots busy
+    wait_until(lambda: len(calls) == 2)
+    for reader in readers[2:]:
+        reader.start()
+    time.sleep(0.1)  # the other three queue up behind the busy slots
+    gate.set()
+    for reader in readers:
+        reader.join(5)
+    assert len(calls) == 3 and sorted(len(c) for c in calls) == [1, 1, 3]  # the last three in one call
+    assert results[0] == results[3] == [row(1, 10.0), row(2, 12.0)]
+    assert results[1] == [row(2, 12.0)]  # only what is newer than its own start point
+    assert results[2] == results[4] == [row(5, 20.0)]
+
+
+def test_a_failed_shared_read_is_raised_to_every_reader():
+    hub = Hub(None, read_many=lambda pairs: (_ for _ in ()).throw(ConnectionError("notifications away")))
+    for _ in range(2):
+        try:
+            hub.read_since(7, 0.0)
+        except ConnectionError as exc:
+            assert "away" in str(exc)
+        else:
+            raise AssertionError("no error")
