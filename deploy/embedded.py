@@ -15,6 +15,7 @@ from kernel import logs, memory_transport
 
 EMBEDDED_AMQP_URI = "embedded://"
 LOCK_FILE = "microblog.lock"
+EMBEDDED_CONNECTIONS = 10_000
 
 
 class DataFolderInUse(Exception):
@@ -118,5 +119,7 @@ class EmbeddedSystem:
         import eventlet
         import eventlet.wsgi
 
-        listener = eventlet.listen((host, port))
-        eventlet.wsgi.server(listener, self.app, log=log, log_output=log is not None)
+        # Every open page holds a push stream: room for thousands of connections (eventlet
+        # caps them at 1024 by default), and a backlog for a burst of reconnects.
+        listener = eventlet.listen((host, port), backlog=1024)
+        eventlet.wsgi.server(listener, self.app, log=log, log_output=log is not None, max_size=EMBEDDED_CONNECTIONS)

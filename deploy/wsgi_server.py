@@ -1,9 +1,42 @@
-"""The gateway under gunicorn (threaded workers), the production WSGI server."""
+"""The gateway under gunicorn with gevent workers, the production server.
+
+Why gevent (docs/architecture.md, "Server model", has the measurements): a push stream
+(``/notifications/stream``) stays open as long as the page does. Under the threaded
+worker each one held a thread, so 16 open pages filled a worker; under gevent an idle
+stream is a parked greenlet of a few KiB, and a worker holds thousands
+(``GATEWAY_CONNECTIONS``). The pages keep their code: gevent patches ``threading``,
+``socket`` and ``time``, so the RPC pool and the hub's listener run as greenlets.
+"""
 from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.ggevent import GeventWorker
 
 from kernel.settings import env_int, env_str
+
+
+class GatewayWorker(GeventWorker):
+    """gunicorn's gevent worker that ends the open streams when it is told to stop.
+
+    Without this a stopping worker waits ``graceful_timeout`` for its streams (they never
+    end by themselves) and is then killed mid-write. Ending them at once lets each browser
+    reconnect (to another worker, or the restarted one) with its ``Last-Event-ID``.
+    """
+
+    def _end_streams(self):
+        import gevent
+
+        hub = getattr(self.wsgi, "extensions", {}).get("hub")
+        if hub is not None:
+            gevent.spawn(hub.shutdown)  # out of the signal handler: it takes a lock
+
+    def handle_exit(self, sig, frame):  # SIGTERM: graceful
+        self._end_streams()
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig, frame):  # SIGINT, SIGQUIT: quick
+        self._end_streams()
+        super().handle_quit(sig, frame)
 
 
 class GatewayServer(BaseApplication):
@@ -16,8 +49,8 @@ class GatewayServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        # Called in each worker after the fork: every worker builds its own app and so its
-        # own pool of RPC proxies (connections must not be shared across a fork).
+        # Called in each worker after the fork (and after gevent's patching): every worker
+        # builds its own app, so its own pool of RPC proxies and its own hub.
         from gateway import create_app
 
         return create_app()
@@ -26,9 +59,10 @@ class GatewayServer(BaseApplication):
 def gunicorn_options(host: str, port: int) -> dict:
     return {
         "bind": f"{host}:{port}",
-        "worker_class": "gthread",
+        "worker_class": "deploy.wsgi_server.GatewayWorker",
         "workers": env_int("GATEWAY_WORKERS", 2, minimum=1),
-        "threads": env_int("GATEWAY_THREADS", 8, minimum=1),
+        # Open connections per worker, streams included (each a greenlet).
+        "worker_connections": env_int("GATEWAY_CONNECTIONS", 10000, minimum=1),
         "timeout": env_int("GATEWAY_TIMEOUT", 30, minimum=1),
         "graceful_timeout": 20,
         "accesslog": env_str("GATEWAY_ACCESS_LOG", "-"),

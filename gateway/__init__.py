@@ -13,6 +13,10 @@ from kernel.metrics import InstrumentedRpcPool, instrument_app, metrics_response
 from kernel.rpc_pool import RpcPool
 
 
+# A page that fell back to polling tries the stream again after this long.
+STREAM_RETRY_AFTER_MS = 60_000
+
+
 def select_locale():
     from flask import current_app
 
@@ -40,7 +44,7 @@ def navbar_context() -> dict:
             current_app.logger.warning("notifications unavailable (%s); the badge is left as it was", exc)
             count = None
     return {"unread_message_count": count, "poll_interval_ms": int(current_app.config["POLL_INTERVAL"] * 1000),
-            "use_stream": current_app.config["USE_STREAM"]}
+            "use_stream": current_app.config["USE_STREAM"], "stream_retry_after_ms": STREAM_RETRY_AFTER_MS}
 
 
 def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = None) -> Flask:

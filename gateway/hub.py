@@ -31,6 +31,7 @@ import select
 import threading
 
 from gateway.freshness import ChangeListener, LatestTimestamps
+from kernel.metrics import OPEN_STREAMS
 from kernel.outage import OutageLog
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Hub:
         self._reread_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._reread_outage = OutageLog(logger, "open streams: re-reading notifications")
+        self._reads = ReadBatcher(read_many)
 
     # -- what the listener calls ------------------------------------------------------
     def connection_up(self) -> None:
@@ -122,11 +124,19 @@ class Hub:
         stream = Stream(user_id, since)
         with self._lock:
             self._streams.setdefault(user_id, set()).add(stream)
+            OPEN_STREAMS.inc()
             if self.closing:
                 stream.closed = True
         if sock is not None:
             self._watch(stream, sock)
         return stream
+
+    def read_since(self, user_id: int, since: float) -> list[dict]:
+        """The poll's read for a stream that opens: the user's rows newer than ``since``.
+        Reads that arrive together share one ``notifications_since_many`` call (a gateway
+        restart brings every browser back at once: thousands of opens). Alone, a read is
+        one call with no added wait. The service's errors are raised to each caller."""
+        return self._reads.read(user_id, since)
 
     def add_rows(self, stream: Stream, rows: list[dict]) -> None:
         """Rows read from the service for ``stream`` (its first read, or a re-read)."""
@@ -150,8 +160,9 @@ class Hub:
     def close(self, stream: Stream) -> None:
         with self._lock:
             streams = self._streams.get(stream.user_id)
-            if streams is not None:
+            if streams is not None and stream in streams:
                 streams.discard(stream)
+                OPEN_STREAMS.dec()
                 if not streams:
                     del self._streams[stream.user_id]
         if stream.fd is not None and self._hangups is not None:
@@ -215,6 +226,54 @@ class Hub:
             self._hangups.watch(stream, sock)
 
 
+class _Batch:
+    __slots__ = ("pairs", "answer", "error", "done")
+
+    def __init__(self):
+        self.pairs: list[list] = []
+        self.answer: dict[int, list[dict]] = {}
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class ReadBatcher:
+    """Group commit for reads: at most ``IN_FLIGHT`` calls at a time; reads that arrive
+    while they are busy wait together for the next one, which carries them all (up to
+    ``REREAD_BATCH`` users)."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, read_many):
+        self.read_many = read_many
+        self._lock = threading.Lock()
+        self._open: _Batch | None = None
+        self._slots = threading.Semaphore(self.IN_FLIGHT)
+
+    def read(self, user_id: int, since: float) -> list[dict]:
+        with self._lock:
+            batch = self._open
+            if batch is None or len(batch.pairs) >= REREAD_BATCH:
+                batch = self._open = _Batch()
+            leader = not batch.pairs
+            batch.pairs.append([user_id, since])
+        if leader:
+            with self._slots:  # while every slot is busy, followers join this batch
+                with self._lock:
+                    if self._open is batch:
+                        self._open = None  # closed: later reads start the next batch
+                try:
+                    batch.answer = {user: rows for user, rows in self.read_many(batch.pairs)}
+                except BaseException as exc:
+                    batch.error = exc
+                finally:
+                    batch.done.set()
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return [row for row in batch.answer.get(user_id, ()) if row["timestamp"] > since]
+
+
 def _offer(stream: Stream, row: dict) -> bool:
     """File ``row`` for ``stream`` if it is news to it; True if it was."""
     if row["timestamp"] <= stream.last:
@@ -224,6 +283,28 @@ def _offer(stream: Stream, row: dict) -> bool:
         return False
     stream.pending[row["name"]] = row
     return True
+
+
+def _epoll_class():
+    """``select.epoll`` (Linux). gevent's and eventlet's patching hide it from ``select``
+    (they cannot make its ``poll`` cooperative); the original still works, and this module
+    only ever calls ``poll(0)`` after the patched ``select`` said its descriptor is ready."""
+    epoll = getattr(select, "epoll", None)
+    if epoll is None:
+        try:
+            from gevent import monkey
+
+            epoll = monkey.get_original("select", "epoll") if monkey.is_module_patched("select") else None
+        except ImportError:
+            pass
+    if epoll is None:
+        try:
+            from eventlet import patcher
+
+            epoll = getattr(patcher.original("select"), "epoll", None) if patcher.is_monkey_patched("select") else None
+        except ImportError:
+            pass
+    return epoll
 
 
 class HangupWatch:
@@ -238,7 +319,7 @@ class HangupWatch:
     """
 
     def __init__(self):
-        self._epoll = select.epoll()
+        self._epoll = _epoll_class()()
         self._by_fd: dict[int, Stream] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="stream-hangups", daemon=True)
@@ -246,7 +327,7 @@ class HangupWatch:
 
     @staticmethod
     def supported() -> bool:
-        return hasattr(select, "epoll")
+        return _epoll_class() is not None
 
     def watch(self, stream: Stream, sock) -> None:
         try:

@@ -17,15 +17,13 @@ import json
 from flask import Response, current_app, request
 
 from gateway.hub import Hub, Stream
+from kernel.metrics import STREAM_EVENTS
 
 
 def _socket(environ):
     """The client's socket, to notice a closed tab at once (gunicorn, werkzeug, eventlet)."""
-    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-    if sock is None:
-        wsgi_input = environ.get("eventlet.input")
-        connection = getattr(wsgi_input, "rfile", None)
-        sock = getattr(getattr(connection, "_sock", None), "_sock", None) or getattr(connection, "_sock", None)
+    sock = (environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+            or getattr(environ.get("eventlet.input"), "_sock", None))
     return sock if hasattr(sock, "fileno") else None
 
 
@@ -39,11 +37,10 @@ def open_stream(user_id: int, since: float) -> Response:
     """Register the stream, read the user's rows newer than ``since`` (the poll's read;
     the service's errors propagate, the caller answers 503), then stream."""
     hub: Hub = current_app.extensions["hub"]
-    pool = current_app.extensions["rpc"]
     # Registered before the read: a change committed meanwhile reaches this stream too.
     stream = hub.open(user_id, since, _socket(request.environ))
     try:
-        rows = pool.notifications.notifications_since(user_id, since)
+        rows = hub.read_since(user_id, since)
     except BaseException:
         hub.close(stream)
         raise
@@ -65,6 +62,7 @@ def _events(hub: Hub, stream: Stream, keepalive: float, retry_ms: int):
             rows = hub.take(stream)
             if rows:
                 yield "".join(format_event(row) for row in rows)
+                STREAM_EVENTS.inc(len(rows))
             elif not stream.wake.wait(keepalive):
                 yield ": keepalive\n\n"
     finally:

@@ -67,6 +67,9 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 HTTP_DURATION = Histogram(
     "microblog_http_request_duration_seconds", "Time to the gateway's response (for a stream: to its start)",
     ["endpoint", "method"], buckets=BUCKETS)
+OPEN_STREAMS = Gauge("microblog_open_streams", "Push streams (/notifications/stream) open now",
+                     multiprocess_mode="livesum")
+STREAM_EVENTS = Counter("microblog_stream_events", "Events written to push streams (each row to each stream)")
 RPC_CALLS = Counter(
     "microblog_rpc_calls", "RPC calls the gateway made, by outcome (ok, unavailable, or the error's class name)",
     ["service", "method", "outcome"])

@@ -173,10 +173,12 @@ class Projector:
                         tracked, version, rows = current
                         batch = _run_after(tracked, candidates)
                         if not batch:
+                            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
                             return tracked, []
                         position, changed = store.fold(batch, tracked, rows)
                         if store.save_if_current(connection, changed, position, version):
                             changes.extend(changed.values())
+                            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
                             return tracked, batch
             # SQLite (one writer: BEGIN IMMEDIATE), or no tracking row yet.
             tracked, rows = store.lock_and_load(session, keys)
@@ -184,6 +186,7 @@ class Projector:
             if batch:
                 store.apply_events(session, batch, tracked, changes=changes, rows=rows)
                 session.commit()
+            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
             return tracked, batch
         except BaseException:
             session.rollback()
@@ -297,3 +300,14 @@ def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:
     while tracked + 1 + len(run) in events:
         run.append(events[tracked + 1 + len(run)])
     return run
+
+
+def _rows_of_repeats(candidates: dict[int, Event], tracked: int, rows: dict, changes: list) -> list:
+    """The current rows of events delivered again (at or below ``tracked``), for the
+    caller to announce again. A process killed after its commit and before its announce
+    gets its event back unacknowledged: without this the gateways' open streams would not
+    hear of that change until the user's next one. Announcing a row twice is harmless
+    (a gateway writes a row only if it is newer than what a stream has)."""
+    done = {row.key for row in changes}
+    keys = {key for position, event in candidates.items() if position <= tracked for key in keys_of(event)}
+    return [rows[key] for key in keys if key in rows and key not in done]

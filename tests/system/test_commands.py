@@ -138,7 +138,6 @@ def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_i
         "SECRET_KEY": "process-test-secret",
         "PORT": str(port),
         "GATEWAY_WORKERS": "2",
-        "GATEWAY_THREADS": "4",
         "RPC_TIMEOUT": "2",
     }
     users = start(["serve", "users"], env, tmp_path / "users.log")
@@ -149,7 +148,7 @@ def test_each_service_runs_alone_and_the_gateway_under_gunicorn(tmp_path, real_i
         wait_for_log(tmp_path / "messages.log", "messages service is running", messages)
         base = f"http://127.0.0.1:{port}"
         assert wait_for_http(base + "/auth/login", gateway, tmp_path / "gateway.log").status_code == 200
-        assert "gthread" in (tmp_path / "gateway.log").read_text()
+        assert "deploy.wsgi_server.GatewayWorker" in (tmp_path / "gateway.log").read_text()  # gevent
 
         browser = requests.Session()
         response = post_form(browser, base + "/auth/register", {

@@ -190,7 +190,7 @@ def test_each_compose_service_runs_as_its_command_and_one_restarts_alone(tmp_pat
             _wait_healthy(name, envs[name])
         base = f"http://127.0.0.1:{port}"
         assert wait_for_http(base + "/auth/login", processes["gateway"], tmp_path / "gateway.log").status_code == 200
-        assert "gthread" in (tmp_path / "gateway.log").read_text()
+        assert "deploy.wsgi_server.GatewayWorker" in (tmp_path / "gateway.log").read_text()  # gevent
 
         susan, john = _sign_in(base, "susan"), _sign_in(base, "john")
         token = CSRF.search(susan.get(base + "/send_message/john").text).group(1)

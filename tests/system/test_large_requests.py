@@ -22,7 +22,7 @@ def server(request, tmp_path):
     env = {"PORT": str(port), "SECRET_KEY": "large-requests-test",
            # Nothing here needs a service: a broker that is not there is never asked.
            "AMQP_URI": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-           "GATEWAY_WORKERS": "1", "GATEWAY_THREADS": "2", "MICROBLOG_DATA_DIR": str(tmp_path / "data")}
+           "GATEWAY_WORKERS": "1", "MICROBLOG_DATA_DIR": str(tmp_path / "data")}
     args = ["serve", "gateway", "--host", "127.0.0.1"] if request.param == "gateway" else ["run"]
     process = start(args, env, log)
     base = f"http://127.0.0.1:{port}"

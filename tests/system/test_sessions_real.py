@@ -21,7 +21,7 @@ def _login(cluster, username):
 
 def test_cookies_copied_before_logout_stop_working_in_every_gateway_worker(tmp_path, real_infra, rabbit_config,
                                                                            postgres):
-    env = {"AMQP_URI": rabbit_config["AMQP_URI"], "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "2"}
+    env = {"AMQP_URI": rabbit_config["AMQP_URI"], "GATEWAY_WORKERS": "2"}
     for name in ("users", "messages", "notifications"):
         env[f"{name.upper()}_DATABASE_URL"] = postgres.create(name + "_sess")
     cluster = Cluster(tmp_path, env).start_all()

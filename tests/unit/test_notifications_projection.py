@@ -552,3 +552,46 @@ def test_verify_reports_a_user_action_that_became_two_events(notifications_db):
         projector.handle(event)
     problems = differences(notifications_db, log.feed, lambda users: {"2": 3})
     assert problems == ["idempotency key 1:abcdefgh12 appears twice in the log: positions 1 and 3"]
+
+
+def test_a_redelivered_event_announces_the_current_rows_again(notifications_db):
+    # A process killed after its commit and before its announce: the broker delivers the
+    # event again, to a projector that finds it applied. The gateways must still hear it.
+    log = Log(make_log(SPEC))
+    announced = []
+    projector = Projector(notifications_db, log.feed, announce=announced.append)
+    for event in log.events[:5]:
+        projector.handle(event)
+    announced.clear()
+    assert projector.handle(log.events[1]) == 0  # a repeat: nothing applied
+    rows, _ = live_rows(notifications_db)
+    assert announced == [[rows[(1, UNREAD_MESSAGE_COUNT)]]]  # the row as it is now
+
+
+def test_a_change_that_could_not_be_announced_is_announced_by_the_next_attempt():
+    from types import SimpleNamespace
+
+    from kernel.events import Event
+    from services.notifications.projection import Row
+    from services.notifications.service import ProjectorProvider
+
+    published, failures = [], {"left": 1}
+
+    def dispatch(event_type, payload):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("broker away")
+        published.append(Event.from_dict(payload))
+
+    provider = ProjectorProvider()
+    provider.setup()
+    service = SimpleNamespace(dispatch=dispatch)
+    provider.announce(service, [Row(1, UNREAD_MESSAGE_COUNT, 1, 10.0)])  # fails: kept
+    assert published == [] and list(provider.unannounced) == [(1, UNREAD_MESSAGE_COUNT)]
+    provider.announce(service, [])  # the feed check's call: published now
+    assert [(e.user_id, e.name, e.value, e.timestamp) for e in published] == [(1, UNREAD_MESSAGE_COUNT, 1, 10.0)]
+    assert provider.unannounced == {}
+    failures["left"] = 1
+    provider.announce(service, [Row(2, UNREAD_MESSAGE_COUNT, 1, 11.0)])
+    provider.announce(service, [Row(2, UNREAD_MESSAGE_COUNT, 2, 12.0)])  # a newer one replaces it
+    assert [(e.user_id, e.value) for e in published[1:]] == [(2, 2)]
