@@ -9,7 +9,9 @@ to the event on every open stream of the recipient.
     .venv/bin/python -m bench.push_bench --embedded
     # against a site already running (no RSS/CPU unless --server-pid is given)
     .venv/bin/python -m bench.push_bench --url http://127.0.0.1:5000 --server-pid 1234
-    # the "nothing new" poll's throughput, for comparison (needs wrk)
+    # and the "nothing new" poll's requests/s (wrk) before the streams open and with them open
+    .venv/bin/python -m bench.push_bench --streams 10000 --users 1000 --poll-seconds 15
+    # the poll alone, on a cluster of its own (needs wrk)
     .venv/bin/python -m bench.notify_bench poll
 
 What it does, in order:
@@ -39,6 +41,9 @@ What it does, in order:
    satisfied ``--grace`` seconds after the last send.
 5. Keeps the streams open and idle for ``--idle`` seconds: gateway CPU, RSS, and the
    longest silence on any stream (the contract promises a comment at least every 15 s).
+6. With ``--poll-seconds S``: the "nothing new" poll (``/notifications?since=`` as a sender,
+   who never receives anything) under wrk for S seconds, before the streams open and
+   again with them all open, side by side.
 
 Gateway memory is the sum over the gunicorn master and its workers (embedded: the one
 process) of VmRSS from /proc; PSS (shared pages split between the processes that share
@@ -551,6 +556,10 @@ def deliveries(sends, streams_of):
 
 async def measure(args, site: Site, names, cookies, since, sender_sessions, report):
     loop = asyncio.get_running_loop()
+    # The poll is measured as a sender (they never receive a message: always "nothing new").
+    poll_user = (cookie_header(sender_sessions[0]), report["sender since"])
+    if args.poll_seconds:
+        report["poll without streams"] = await loop.run_in_executor(None, wrk_poll, args, site, *poll_user)
     gateway_pids = site.pids()
     report["gateway processes"] = len(gateway_pids)
     report["memory before streams"] = memory_kib(gateway_pids)
@@ -565,12 +574,21 @@ async def measure(args, site: Site, names, cookies, since, sender_sessions, repo
     # Open every stream, at most --open-concurrency connecting at once (the listen backlog).
     gate = asyncio.Semaphore(args.open_concurrency)
 
+    open_times = []
+
     async def open_one(stream):
         async with gate:
+            began = time.monotonic()
             await client.open(stream)
+            if stream.opened is not None:
+                open_times.append(stream.opened - began)
 
+    meter = CpuMeter(report["cpu groups"]())
+    meter.start()
     began = time.monotonic()
     await asyncio.gather(*(open_one(stream) for stream in streams))
+    report["cpu open phase"] = meter.stop()
+    report["open times"] = open_times
     failed = [s for s in streams if s.open_error is not None]
     opened = [s.opened for s in streams if s.opened is not None]
     report["open time"] = (max(opened) - began) if opened else float("nan")
@@ -630,7 +648,7 @@ async def measure(args, site: Site, names, cookies, since, sender_sessions, repo
     report["gateway pids after idle"] = site.pids()
 
     if args.poll_seconds:
-        report["poll with streams"] = await loop.run_in_executor(None, wrk_poll, args, site, cookies[0], since[0])
+        report["poll with streams"] = await loop.run_in_executor(None, wrk_poll, args, site, *poll_user)
 
     client.close_all(streams)
     await asyncio.sleep(0.2)
@@ -675,6 +693,12 @@ def print_report(args, report):
     print(f"streams:              {args.streams} over {min(args.users, args.streams)} users; all open in "
           f"{report.get('open time', float('nan')):.2f} s ({args.open_concurrency} opening at once; "
           f"{report.get('open failures', 0)} failed, {report.get('open connect retries', 0)} connect retries)")
+    if report.get("open times"):
+        times = report["open times"]
+        print(f"one stream's open:    p50 {ms(percentile(times, 0.5))}, p99 {ms(percentile(times, 0.99))} "
+              "(connect to 200 header, queued behind the others opening)")
+        cpu = report["cpu open phase"]
+        print("CPU, opening:         " + ", ".join(f"{name} {used:.1f} s" for name, used in cpu.items()))
     for kind, count in report.get("open failure kinds", {}).items():
         print(f"  failed to open ({count}): {kind}")
     if "memory streams open" not in report:
@@ -722,8 +746,9 @@ def print_report(args, report):
         print(f"WARNING: the server's processes changed during the run: {report.get('gateway pids at open')} -> "
               f"{report.get('gateway pids after idle')} (a worker restarted?)")
     if "poll with streams" in report:
-        print(f"nothing-new poll with the streams open: {report['poll with streams']} "
-              f"({args.poll_connections} connections; compare: python -m bench.notify_bench poll)")
+        print(f"nothing-new poll (wrk, {args.poll_connections} connections, {args.poll_seconds} s each): "
+              f"{report['poll without streams']} before the streams open, {report['poll with streams']} "
+              f"with {report.get('streams_live')} streams open")
 
 
 def main():
@@ -776,6 +801,7 @@ def main():
                 browser.close()
             since = [latest for _, latest in signed_in[:args.users]]
             sender_sessions = [browser for browser, _ in signed_in[args.users:]]
+            report["sender since"] = signed_in[args.users][1]
 
             def cpu_groups():
                 groups = {"server": site.pids(), "bench client": [os.getpid()]}
