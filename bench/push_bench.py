@@ -725,7 +725,8 @@ def print_report(args, report):
     if latencies:
         print(f"latency from the send's 302 to the event: p50 {ms(percentile(latencies, 0.5))}, "
               f"p99 {ms(percentile(latencies, 0.99))}, max {ms(max(latencies))} "
-              f"({report['early']} arrived before the sender's own 302: counted as 0)")
+              f"({report['early']} arrived before the sender's own 302: counted as 0; "
+              f"{sum(latency > 0.1 for latency in latencies)} over 100 ms)")
     print(f"stream health:        {report['closes']} closed by the server (reopened with Last-Event-ID), "
           f"retry hints {report['retry_hints']}, {report['events']} events, {report['comments']} comments")
     print(f"idle {args.idle:g} s:             {report['idle comments']} comments, longest silence on a stream "
