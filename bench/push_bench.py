@@ -531,7 +531,7 @@ class Client:
 
 def deliveries(sends, streams_of):
     """Per (send, stream of its recipient): latency in seconds, or None (lost)."""
-    latencies, lost, early = [], 0, 0
+    latencies, lost, early, per_send = [], 0, 0, []
     counts = {}  # stream index -> [(receipt time, count)] of its unread_message_count events
     for stream in (s for group in streams_of.values() for s in group):
         rows = []
@@ -544,6 +544,7 @@ def deliveries(sends, streams_of):
                 rows.append((when, row["data"]))
         counts[stream.index] = rows
     for recipient, count, t0 in sends:
+        per_send.append((t0, recipient, []))
         for stream in streams_of[recipient]:
             when = next((when for when, value in counts[stream.index] if value >= count), None)
             if when is None:
@@ -551,7 +552,8 @@ def deliveries(sends, streams_of):
             else:
                 early += when < t0
                 latencies.append(max(0.0, when - t0))
-    return latencies, lost, early
+                per_send[-1][2].append(latencies[-1])
+    return latencies, lost, early, per_send
 
 
 async def measure(args, site: Site, names, cookies, since, sender_sessions, report):
@@ -653,9 +655,11 @@ async def measure(args, site: Site, names, cookies, since, sender_sessions, repo
     client.close_all(streams)
     await asyncio.sleep(0.2)
 
-    latencies, lost, early = deliveries(sender.sends, {u: [s for s in g if s.open_error is None]
+    latencies, lost, early, per_send = deliveries(sender.sends, {u: [s for s in g if s.open_error is None]
                                                         for u, g in streams_of.items()})
     report.update(
+        worst=sorted(((max(lat), t0 - sender.began, r, min(lat), len(lat)) for t0, r, lat in per_send if lat),
+                     reverse=True)[:5],
         sends=len(sender.sends), send_failures=sender.failed, send_skipped=sender.skipped,
         send_response_times=sender.response_times, latencies=latencies, lost=lost, early=early,
         streams_live=len(live), closes=sum(s.closes for s in streams),
@@ -727,6 +731,9 @@ def print_report(args, report):
               f"p99 {ms(percentile(latencies, 0.99))}, max {ms(max(latencies))} "
               f"({report['early']} arrived before the sender's own 302: counted as 0; "
               f"{sum(latency > 0.1 for latency in latencies)} over 100 ms)")
+    for worst, at, recipient, best, n in report["worst"] if latencies and max(latencies) > 0.1 else []:
+        print(f"  slow send at {at:.1f} s into the send phase to user {recipient}: its {n} streams got it after "
+              f"{ms(best)} .. {ms(worst)}")
     print(f"stream health:        {report['closes']} closed by the server (reopened with Last-Event-ID), "
           f"retry hints {report['retry_hints']}, {report['events']} events, {report['comments']} comments")
     print(f"idle {args.idle:g} s:             {report['idle comments']} comments, longest silence on a stream "
