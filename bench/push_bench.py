@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import gc
 import json
 import os
 import queue
@@ -604,6 +605,20 @@ async def measure(args, site: Site, names, cookies, since, sender_sessions, repo
     if len(failed) == len(streams):
         client.close_all(streams)
         return
+    # The client's own pauses would count as delivery time: its long-lived objects (the
+    # streams) are moved out of the collector's way, and its collections are timed.
+    gc.collect()
+    gc.freeze()
+    pauses, gc_began = [], [0.0]
+
+    def timed(phase, info):
+        if phase == "start":
+            gc_began[0] = time.monotonic()
+        else:
+            pauses.append((time.monotonic() - gc_began[0], gc_began[0], info["generation"]))
+
+    gc.callbacks.append(timed)
+    report["client gc pauses"] = pauses
     await asyncio.sleep(args.settle)
     report["memory streams open"] = memory_kib(site.pids())
     report["gateway pids at open"] = site.pids()
@@ -615,6 +630,7 @@ async def measure(args, site: Site, names, cookies, since, sender_sessions, repo
     meter = CpuMeter(report["cpu groups"]())
     meter.start()
     sender.start()
+    report["send began"] = time.monotonic()
     while not sender.done.is_set():
         await asyncio.sleep(0.1)
     report["cpu send phase"] = meter.stop()
@@ -734,6 +750,10 @@ def print_report(args, report):
     for worst, at, recipient, best, n in report["worst"] if latencies and max(latencies) > 0.1 else []:
         print(f"  slow send at {at:.1f} s into the send phase to user {recipient}: its {n} streams got it after "
               f"{ms(best)} .. {ms(worst)}")
+    pauses = sorted(report["client gc pauses"], reverse=True)
+    print(f"client GC:            {len(pauses)} collections after the streams opened, longest "
+          + (", ".join(f"{ms(d)} (gen {g}, {at - report['send began']:.1f} s into the send phase)"
+                       for d, at, g in pauses[:3]) if pauses else "none"))
     print(f"stream health:        {report['closes']} closed by the server (reopened with Last-Event-ID), "
           f"retry hints {report['retry_hints']}, {report['events']} events, {report['comments']} comments")
     print(f"idle {args.idle:g} s:             {report['idle comments']} comments, longest silence on a stream "
