@@ -23,7 +23,11 @@ DATABASE_KEYS = {name: f"{name.upper()}_DATABASE_URL" for name in SERVICES}
 
 class Cluster:
     """``env`` is shared by every process; ``per_process`` adds to (or overrides) it for one
-    (e.g. only notifications' database URL through a proxy)."""
+    (e.g. only notifications' database URL through a proxy).
+
+    More gateway processes (``microblog serve gateway`` on ports of their own, e.g. one
+    whose broker is behind a proxy and one direct) are added with ``add_gateway``: any
+    name starting with ``gateway`` is a gateway, reached at ``base_of(name)``."""
 
     def __init__(self, tmp_path: Path, env: dict, per_process: dict | None = None):
         self.tmp_path = Path(tmp_path)
@@ -38,12 +42,22 @@ class Cluster:
     def env_of(self, name: str) -> dict:
         return {**self.env, **self.per_process.get(name, {})}
 
+    def add_gateway(self, name: str, **env: str) -> str:
+        """One more gateway process named ``name`` (not started: ``launch(name)``), on a free
+        port, with ``env`` over the shared settings; returns its base URL."""
+        assert is_gateway(name) and name != "gateway", name
+        self.per_process[name] = {**self.per_process.get(name, {}), **env, "PORT": str(free_port())}
+        return self.base_of(name)
+
+    def base_of(self, name: str = "gateway") -> str:
+        return f"http://127.0.0.1:{self.env_of(name)['PORT']}"
+
     def log_of(self, name: str) -> Path:
         return self.tmp_path / f"{name}.{self.starts.get(name, 0)}.log"
 
     def launch(self, name: str, wait: bool = True) -> subprocess.Popen:
         self.starts[name] = self.starts.get(name, 0) + 1
-        args = ["serve", name] + (["--host", "127.0.0.1"] if name == "gateway" else [])
+        args = ["serve", "gateway", "--host", "127.0.0.1"] if is_gateway(name) else ["serve", name]
         self.processes[name] = start(args, self.env_of(name), self.log_of(name))
         if wait:
             self.wait_healthy(name)
@@ -60,9 +74,9 @@ class Cluster:
             process = self.processes[name]
             if process.poll() is not None:
                 pytest.fail(f"{name} exited ({process.returncode}):\n{self.log_of(name).read_text()[-4000:]}")
-            if name == "gateway":
+            if is_gateway(name):
                 try:
-                    if requests.get(self.base + "/healthz", timeout=2).status_code == 200:
+                    if requests.get(self.base_of(name) + "/healthz", timeout=2).status_code == 200:
                         return
                 except requests.RequestException:
                     pass
@@ -96,22 +110,25 @@ class Cluster:
 
     # Browser-side helpers.
 
-    def sign_in(self, username: str) -> requests.Session:
+    def sign_in(self, username: str, base: str | None = None) -> requests.Session:
+        """Register and sign in (through the gateway at ``base``, the first one by default).
+        Every gateway shares SECRET_KEY and the users service: the session works on all."""
+        base = base or self.base
         session = requests.Session()
-        token = CSRF.search(session.get(self.base + "/auth/register").text).group(1)
-        response = session.post(self.base + "/auth/register", allow_redirects=False, data={
+        token = CSRF.search(session.get(base + "/auth/register").text).group(1)
+        response = session.post(base + "/auth/register", allow_redirects=False, data={
             "csrf_token": token, "username": username, "email": f"{username}@example.com",
             "password": PASSWORD, "password2": PASSWORD})
         assert response.status_code == 302, response.text
-        token = CSRF.search(session.get(self.base + "/auth/login").text).group(1)
-        response = session.post(self.base + "/auth/login", allow_redirects=False, data={
+        token = CSRF.search(session.get(base + "/auth/login").text).group(1)
+        response = session.post(base + "/auth/login", allow_redirects=False, data={
             "csrf_token": token, "username": username, "password": PASSWORD})
         assert response.status_code == 302, response.text
         return session
 
-    def send_form(self, session: requests.Session, recipient: str) -> dict:
+    def send_form(self, session: requests.Session, recipient: str, base: str | None = None) -> dict:
         """The fields of a fresh send form (CSRF token and whatever hidden fields it has)."""
-        page = session.get(self.base + f"/send_message/{recipient}", timeout=30)
+        page = session.get((base or self.base) + f"/send_message/{recipient}", timeout=30)
         assert page.status_code == 200, page.status_code
         return dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"', page.text))
 
@@ -131,3 +148,7 @@ class Cluster:
                 return
             time.sleep(0.2)
         pytest.fail(f"unread count stayed {count}, expected {expected}")
+
+
+def is_gateway(name: str) -> bool:
+    return name.startswith("gateway")

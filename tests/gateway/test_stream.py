@@ -209,3 +209,29 @@ def test_when_notifications_cannot_answer_the_first_read_the_stream_is_a_503(bas
         assert system_app.extensions["hub"].count() == before  # nothing left registered
     finally:
         pool.call = original
+
+
+def test_a_broadcast_that_could_not_be_published_still_reaches_the_open_stream(base, susan_and_john, monkeypatch):
+    # The notifications service commits the change, then its publish fails (its broker
+    # connection dropped while the gateway's stayed up): no reconnect tells the gateway to
+    # re-read. The service keeps the change and publishes it at its next feed check.
+    from kernel.events import NotificationChanged
+
+    susan, john = susan_and_john
+    stream = SseStream(base, cookie_of(john))
+    failed = []
+    original = NotificationChanged.to_dict
+
+    def to_dict(self):
+        if not failed:
+            failed.append(self)
+            raise ConnectionError("broker connection lost while publishing")
+        return original(self)
+
+    monkeypatch.setattr(NotificationChanged, "to_dict", to_dict)
+    try:
+        send(base, susan, "john")
+        event = stream.events_until(lambda e: e["data"]["data"] == 1, timeout=10)[-1]
+        assert len(failed) == 1 and float(event["id"]) == failed[0].timestamp  # the one that failed
+    finally:
+        stream.close()
