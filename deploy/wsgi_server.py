@@ -9,6 +9,8 @@ stream is a parked greenlet of a few KiB, and a worker holds thousands
 """
 from __future__ import annotations
 
+import signal
+
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -26,9 +28,25 @@ class GatewayWorker(GeventWorker):
     def _end_streams(self):
         import gevent
 
-        hub = getattr(self.wsgi, "extensions", {}).get("hub")
+        # A signal may come while the worker is still loading the app (no ``wsgi`` yet):
+        # nothing to end then, and an error raised here would fail the worker's boot.
+        hub = getattr(getattr(self, "wsgi", None), "extensions", {}).get("hub")
         if hub is not None:
             gevent.spawn(hub.shutdown)  # out of the signal handler: it takes a lock
+
+    def init_process(self):
+        # From the fork until gunicorn installs this worker's handlers (after gevent's
+        # patching and hub set-up, a few hundred ms on a busy machine), a SIGTERM would run
+        # the master's inherited handler and be lost: the worker would then serve on until
+        # the master kills it after ``graceful_timeout``. Remember it instead; ``run`` sees
+        # ``alive`` false and the worker stops as soon as it is up.
+        signal.signal(signal.SIGTERM, self._stop_early)
+        signal.signal(signal.SIGINT, self._stop_early)
+        signal.signal(signal.SIGQUIT, self._stop_early)
+        super().init_process()
+
+    def _stop_early(self, sig, frame):
+        self.alive = False
 
     def handle_exit(self, sig, frame):  # SIGTERM: graceful
         self._end_streams()
