@@ -10,6 +10,7 @@ stream is a parked greenlet of a few KiB, and a worker holds thousands
 from __future__ import annotations
 
 import signal
+import warnings
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
@@ -33,6 +34,15 @@ class GatewayWorker(GeventWorker):
         hub = getattr(getattr(self, "wsgi", None), "extensions", {}).get("hub")
         if hub is not None:
             gevent.spawn(hub.shutdown)  # out of the signal handler: it takes a lock
+
+    def patch(self):
+        # The master imported the app's modules (settings check), nameko's among them, and
+        # nameko imports eventlet, whose green ``ssl`` module gevent cannot patch after the
+        # fact and warns about in every worker. The gateway never uses eventlet's ssl (its
+        # broker connections go through kombu on the patched ``socket`` and ``ssl``).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported")
+            super().patch()
 
     def init_process(self):
         # From the fork until gunicorn installs this worker's handlers (after gevent's
