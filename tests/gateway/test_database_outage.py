@@ -93,6 +93,7 @@ def test_pages_that_need_a_service_whose_database_is_down_answer_503(service, pa
 NODE = shutil.which("node")
 SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 PRELUDE = """
+globalThis.BroadcastChannel = undefined;  // one tab here: no sharing across tabs (tests/browser has that)
 const store = new Map(Object.entries(JSON.parse(process.env.STORED)));
 globalThis.sessionStorage = {getItem: k => store.has(k) ? store.get(k) : null, setItem: (k, v) => store.set(k, String(v))};
 const badge = JSON.parse(process.env.BADGE);

@@ -8,6 +8,7 @@ import pytest
 from tests.gateway.test_database_outage import BADGE, NODE, SCRIPT, Services, _client
 
 PRELUDE = """
+globalThis.BroadcastChannel = undefined;  // one tab here: no sharing across tabs (tests/browser has that)
 const badge = JSON.parse(process.env.BADGE);
 globalThis.document = {getElementById: id => badge};
 const store = new Map();
