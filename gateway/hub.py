@@ -33,11 +33,13 @@ import threading
 from gateway.freshness import ChangeListener, LatestTimestamps
 from kernel.metrics import OPEN_STREAMS
 from kernel.outage import OutageLog
+from kernel.rpc_pool import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
 REREAD_BATCH = 500  # users per notifications_since_many call
 REREAD_RETRY = 2.0  # seconds before re-reading again when the service did not answer
+READ_WAIT = 30.0  # seconds a stream's first read waits for a shared call (the RPC has its own timeout)
 
 
 class Stream:
@@ -218,10 +220,15 @@ class Hub:
                             if any([_offer(stream, row) for row in rows]):
                                 stream.wake.set()
 
+    def _hung_up(self, stream: Stream) -> None:
+        with self._lock:  # as ``take`` clears ``wake`` under it: the wake-up is not lost
+            stream.closed = True
+            stream.wake.set()
+
     def _watch(self, stream: Stream, sock) -> None:
         with self._lock:
             if self._hangups is None:
-                self._hangups = HangupWatch() if HangupWatch.supported() else False
+                self._hangups = HangupWatch(self._hung_up) if HangupWatch.supported() else False
         if self._hangups:
             self._hangups.watch(stream, sock)
 
@@ -257,18 +264,26 @@ class ReadBatcher:
             leader = not batch.pairs
             batch.pairs.append([user_id, since])
         if leader:
-            with self._slots:  # while every slot is busy, followers join this batch
+            try:
+                with self._slots:  # while every slot is busy, followers join this batch
+                    with self._lock:
+                        if self._open is batch:
+                            self._open = None  # closed: later reads start the next batch
+                    try:
+                        batch.answer = {user: rows for user, rows in self.read_many(batch.pairs)}
+                    except Exception as exc:
+                        batch.error = exc
+            finally:
+                # Even if the leader is killed while waiting (a stopping server), its
+                # followers are answered and no later read joins this batch.
                 with self._lock:
                     if self._open is batch:
-                        self._open = None  # closed: later reads start the next batch
-                try:
-                    batch.answer = {user: rows for user, rows in self.read_many(batch.pairs)}
-                except BaseException as exc:
-                    batch.error = exc
-                finally:
-                    batch.done.set()
-        else:
-            batch.done.wait()
+                        self._open = None
+                if not batch.done.is_set() and batch.error is None and not batch.answer:
+                    batch.error = ServiceUnavailable("the read was abandoned")
+                batch.done.set()
+        elif not batch.done.wait(READ_WAIT):
+            raise ServiceUnavailable(f"no answer from notifications within {READ_WAIT} s")
         if batch.error is not None:
             raise batch.error
         return [row for row in batch.answer.get(user_id, ()) if row["timestamp"] > since]
@@ -318,7 +333,8 @@ class HangupWatch:
     for every stream, instead of a second waiter per stream.
     """
 
-    def __init__(self):
+    def __init__(self, on_hangup):
+        self.on_hangup = on_hangup
         self._epoll = _epoll_class()()
         self._by_fd: dict[int, Stream] = {}
         self._lock = threading.Lock()
@@ -365,8 +381,7 @@ class HangupWatch:
                             pass
                         if stream is not None:
                             stream.fd = None
-                            stream.closed = True
-                            stream.wake.set()
+                            self.on_hangup(stream)
             except Exception:  # never let the watch die: streams then end at their keepalive
                 logger.exception("stream hang-up watch failed; retrying")
                 threading.Event().wait(1)

@@ -48,11 +48,29 @@ def open_stream(user_id: int, since: float) -> Response:
     # eventlet's WSGI server holds back writes until 4 KiB have gathered: each event must
     # go out as it is yielded.
     request.environ["eventlet.minimum_write_chunk_size"] = 0
-    body = _events(hub, stream, current_app.config["STREAM_KEEPALIVE"], current_app.config["STREAM_RETRY_MS"])
-    return Response(body, mimetype="text/event-stream", headers={
+    events = _events(hub, stream, current_app.config["STREAM_KEEPALIVE"], current_app.config["STREAM_RETRY_MS"])
+    return Response(_Body(events, hub, stream, request.environ), mimetype="text/event-stream", headers={
         "Cache-Control": "no-cache, no-store",
         "X-Accel-Buffering": "no",  # nginx and the like: pass each event on at once
     })
+
+
+class _Body:
+    """The response body: the events, and a ``close`` the server always calls, even when
+    the generator never started (a ``HEAD`` request, an error before the first write), so
+    the stream always leaves the hub. It also drops the request object from the WSGI
+    environ: werkzeug stores it there, a reference cycle that would outlive the stream."""
+
+    def __init__(self, events, hub: Hub, stream: Stream, environ: dict):
+        self.events, self.hub, self.stream, self.environ = events, hub, stream, environ
+
+    def __iter__(self):
+        return self.events
+
+    def close(self) -> None:
+        self.events.close()
+        self.hub.close(self.stream)
+        self.environ.pop("werkzeug.request", None)
 
 
 def _events(hub: Hub, stream: Stream, keepalive: float, retry_ms: int):

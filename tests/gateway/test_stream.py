@@ -142,7 +142,7 @@ def test_every_tab_of_a_user_gets_each_change_and_a_closed_tab_is_freed_at_once(
         assert susans.next_event(0.3) is None  # not hers
         for tab in tabs[1:]:
             tab.close()
-        deadline = time.monotonic() + 1
+        deadline = time.monotonic() + 3  # at once (without the watch: the next keepalive, 15 s)
         while hub.count() != before + 2:
             assert time.monotonic() < deadline, f"{hub.count() - before} streams still open"
             time.sleep(0.01)
@@ -235,3 +235,16 @@ def test_a_broadcast_that_could_not_be_published_still_reaches_the_open_stream(b
         assert len(failed) == 1 and float(event["id"]) == failed[0].timestamp  # the one that failed
     finally:
         stream.close()
+
+
+def test_a_head_request_leaves_no_stream_behind(base, system_app, susan_and_john):
+    _, john = susan_and_john
+    hub = system_app.extensions["hub"]
+    before = hub.count()
+    for _ in range(3):
+        response = requests.head(f"{base}/notifications/stream", headers={"Cookie": cookie_of(john)}, timeout=10)
+        assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+    deadline = time.monotonic() + 3
+    while hub.count() != before:
+        assert time.monotonic() < deadline, f"{hub.count() - before} streams left open by HEAD requests"
+        time.sleep(0.01)

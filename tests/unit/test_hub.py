@@ -169,7 +169,7 @@ def test_reads_that_arrive_together_share_one_call_and_each_gets_its_own_rows():
     wait_until(lambda: len(calls) == 2)
     for reader in readers[2:]:
         reader.start()
-    time.sleep(0.1)  # the other three queue up behind the busy slots
+    wait_until(lambda: hub._reads._open is not None and len(hub._reads._open.pairs) == 3)  # queued behind the slots
     gate.set()
     for reader in readers:
         reader.join(5)
