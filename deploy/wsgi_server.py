@@ -102,9 +102,10 @@ def keep_full_collections_short() -> None:
     100 ms a run). Objects that survive a full pass are long-lived: they are moved to the
     permanent generation (``gc.freeze``) after each, so the next full pass walks only
     what was created since. A frozen object is still freed by its reference count (a
-    closed stream's objects are: they form no cycles); only a cycle among frozen objects
-    would wait, so one full pass in ``FULL_SWEEP_EVERY`` unfreezes first and walks
-    everything."""
+    closed stream's objects are: the one cycle among them, werkzeug's request stored in
+    the WSGI environ, is cut when the stream closes, ``gateway.stream._Body.close``); only
+    a cycle among frozen objects would wait, so one full pass in ``FULL_SWEEP_EVERY``
+    unfreezes first and walks everything."""
     import gc
 
     gc.collect()

@@ -1,6 +1,8 @@
 """The notifications nameko service: entry points only; the work is in projector and store."""
 import logging
 
+from amqp.exceptions import ConnectionError as AmqpConnectionError
+from kombu.exceptions import KombuError
 from nameko.constants import NON_PERSISTENT
 from nameko.events import EventDispatcher, EventHandler
 from nameko.extensions import DependencyProvider
@@ -21,6 +23,8 @@ from services.notifications.projector import Backoff, Projector, Turn
 logger = logging.getLogger(__name__)
 _announce_outage = OutageLog(logger, "notifications: announcing changes")
 UNANNOUNCED_LIMIT = 10_000
+# What a publish raises when the broker (or the connection to it) is away.
+BROKER_ERRORS = (OSError, KombuError, AmqpConnectionError)
 SINCE_MANY_LIMIT = 1000
 
 
@@ -114,12 +118,17 @@ class ProjectorProvider(DependencyProvider):
             waiting = sorted(self.unannounced.values(), key=lambda row: row.timestamp)
             try:
                 for row in waiting:
-                    changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp,
-                                                  value=row.data)
-                    service.dispatch(NotificationChanged.__name__, changed.to_dict())
+                    try:
+                        changed = NotificationChanged(user_id=row.user_id, name=row.name, timestamp=row.timestamp,
+                                                      value=row.data)
+                        service.dispatch(NotificationChanged.__name__, changed.to_dict())
+                    except BROKER_ERRORS:
+                        raise
+                    except Exception:  # this row cannot be published (a bug): not a reason to hold the rest
+                        logger.exception("notifications: cannot announce %r; dropped", row)
                     if self.unannounced.get(row.key) is row:
                         del self.unannounced[row.key]
-            except Exception as exc:  # the broker is away: one line per outage, not a traceback each
+            except BROKER_ERRORS as exc:  # the broker is away: one line per outage, not a traceback each
                 _announce_outage.failed(exc, "changes are kept and announced when it is back")
             else:
                 _announce_outage.succeeded()
