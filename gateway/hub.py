@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 REREAD_BATCH = 500  # users per notifications_since_many call
 REREAD_RETRY = 2.0  # seconds before re-reading again when the service did not answer
+STREAMS_PER_USER = 32  # open streams one user may hold in a process; past it the oldest ends
 READ_WAIT = 30.0  # seconds a stream's first read waits for a shared call (the RPC has its own timeout)
 
 
@@ -65,7 +66,7 @@ class Hub:
         self.latest = LatestTimestamps(ttl=poll_cache_ttl)
         self.listener = ChangeListener(amqp_uri, self) if amqp_uri else None
         self.read_many = read_many
-        self._streams: dict[int, set[Stream]] = {}
+        self._streams: dict[int, dict[Stream, None]] = {}  # user -> their streams, oldest first
         self._lock = threading.Lock()
         self.closing = False
         self._hangups: HangupWatch | None = None
@@ -125,8 +126,15 @@ class Hub:
         self.start()
         stream = Stream(user_id, since)
         with self._lock:
-            self._streams.setdefault(user_id, set()).add(stream)
+            streams = self._streams.setdefault(user_id, {})
+            streams[stream] = None
             OPEN_STREAMS.inc()
+            # One account cannot hold a worker's connections: past the cap its oldest
+            # stream ends (a browser shares one stream across its tabs; a dropped one
+            # comes back with Last-Event-ID).
+            for oldest in list(streams)[:max(0, len(streams) - STREAMS_PER_USER)]:
+                oldest.closed = True
+                oldest.wake.set()
             if self.closing:
                 stream.closed = True
         if sock is not None:
@@ -163,7 +171,7 @@ class Hub:
         with self._lock:
             streams = self._streams.get(stream.user_id)
             if streams is not None and stream in streams:
-                streams.discard(stream)
+                del streams[stream]
                 OPEN_STREAMS.dec()
                 if not streams:
                     del self._streams[stream.user_id]

@@ -188,3 +188,17 @@ def test_a_failed_shared_read_is_raised_to_every_reader():
             assert "away" in str(exc)
         else:
             raise AssertionError("no error")
+
+
+def test_past_the_cap_a_users_oldest_stream_ends():
+    from gateway.hub import STREAMS_PER_USER
+
+    hub = Hub(None)
+    streams = [hub.open(7, 0.0) for _ in range(STREAMS_PER_USER)]
+    other = hub.open(8, 0.0)
+    assert not any(s.closed for s in streams)
+    newest = hub.open(7, 0.0)
+    assert streams[0].closed and streams[0].wake.is_set()  # the oldest ends
+    assert not any(s.closed for s in streams[1:]) and not newest.closed and not other.closed
+    hub.close(streams[0])
+    assert hub.count() == STREAMS_PER_USER + 1
