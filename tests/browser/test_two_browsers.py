@@ -60,11 +60,12 @@ def stop(process, timeout=15) -> None:
             process.wait(timeout=timeout)
 
 
-def run_browsers(base: str, artifacts: Path, chromium: str, mode: str, timeout=100) -> subprocess.CompletedProcess:
+def run_browsers(base: str, artifacts: Path, chromium: str, mode: str, timeout=100,
+                 script: Path = SCRIPT) -> subprocess.CompletedProcess:
     """The scenario script, in its own process group: on a timeout, Playwright's driver and
     Chromium (its children) are killed with it, not left behind."""
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--base-url", base, "--artifacts", str(artifacts), "--chromium", chromium,
+        [sys.executable, str(script), "--base-url", base, "--artifacts", str(artifacts), "--chromium", chromium,
          "--mode", mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, start_new_session=True,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
