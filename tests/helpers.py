@@ -47,3 +47,39 @@ def signed_in(client, username: str = "susan"):
     register(client, username)
     login(client, username)
     return client
+
+
+# Over HTTP, against a served gateway (``requests``): for tests that need a real server.
+HIDDEN_FIELDS = re.compile(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"')
+
+
+def http_sign_in(base: str, username: str):
+    """A ``requests.Session`` after registering ``username`` and signing in at ``base``."""
+    import requests
+
+    session = requests.Session()
+    token = CSRF_PATTERN.search(session.get(base + "/auth/register", timeout=30).text).group(1)
+    response = session.post(base + "/auth/register", allow_redirects=False, timeout=30, data={
+        "csrf_token": token, "username": username, "email": f"{username}@example.com",
+        "password": PASSWORD, "password2": PASSWORD})
+    assert response.status_code == 302, response.text
+    token = CSRF_PATTERN.search(session.get(base + "/auth/login", timeout=30).text).group(1)
+    response = session.post(base + "/auth/login", allow_redirects=False, timeout=30, data={
+        "csrf_token": token, "username": username, "password": PASSWORD})
+    assert response.status_code == 302, response.text
+    return session
+
+
+def http_send_form(session, base: str, recipient: str) -> dict:
+    """The hidden fields of a fresh send form (CSRF token, idempotency key)."""
+    page = session.get(f"{base}/send_message/{recipient}", timeout=30)
+    assert page.status_code == 200, page.status_code
+    return dict(HIDDEN_FIELDS.findall(page.text))
+
+
+def http_send(session, base: str, recipient: str, body: str, form: dict | None = None) -> None:
+    """Send ``body`` through the form (a fresh one unless ``form`` is given); 302 expected."""
+    form = form or http_send_form(session, base, recipient)
+    response = session.post(f"{base}/send_message/{recipient}", data={**form, "message": body},
+                            allow_redirects=False, timeout=30)
+    assert response.status_code == 302, (response.status_code, response.text[:500])

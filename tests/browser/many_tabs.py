@@ -26,16 +26,13 @@ reason is on stderr and each tab is saved as ``many_tabs_<mode>_failure_<n>.png`
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from two_browsers import CHROMIUM, CHROMIUM_ARGS, badge_is, is_poll, is_stream, register_and_log_in
+from two_browsers import badge_is, is_poll, is_stream, register_and_log_in, run
 
 TABS = 8
 LOAD_BOUND_S = 5.0  # each tab's /index (page.goto up to its load event)
@@ -215,24 +212,7 @@ def scenario(base: str, artifacts: Path, browser, mode: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base-url", required=True)
-    parser.add_argument("--artifacts", required=True, type=Path)
-    parser.add_argument("--chromium", default=CHROMIUM)
-    parser.add_argument("--mode", choices=("shared", "unshared"), default="shared")
-    args = parser.parse_args()
-    args.artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            facts = scenario(args.base_url.rstrip("/"), args.artifacts, browser, args.mode)
-        except Exception:
-            traceback.print_exc()
-            return 1
-        finally:
-            browser.close()
-    print("RESULT " + json.dumps(facts), flush=True)
-    return 0
+    return run(scenario, ("shared", "unshared"))
 
 
 if __name__ == "__main__":

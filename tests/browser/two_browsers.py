@@ -249,12 +249,14 @@ def by_polling(base: str, artifacts: Path, susan: Page, john: Page, facts: dict,
     step(f"screenshot saved: {shot}")
 
 
-def main() -> int:
+def run(scenario, modes: tuple[str, ...]) -> int:
+    """The command line of a browser script: ``scenario(base, artifacts, browser, mode)``
+    in headless Chromium; its facts printed after ``RESULT ``, exit 1 if it raised."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--artifacts", required=True, type=Path)
     parser.add_argument("--chromium", default=CHROMIUM)
-    parser.add_argument("--mode", choices=("stream", "blocked"), default="stream")
+    parser.add_argument("--mode", choices=modes, default=modes[0])
     args = parser.parse_args()
     args.artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
@@ -268,6 +270,10 @@ def main() -> int:
             browser.close()
     print("RESULT " + json.dumps(facts), flush=True)
     return 0
+
+
+def main() -> int:
+    return run(scenario, ("stream", "blocked"))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import PASSWORD
+from tests.helpers import http_send_form, http_sign_in
 from tests.system.test_commands import MICROBLOG, free_port, start, stop
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -113,24 +113,11 @@ class Cluster:
     def sign_in(self, username: str, base: str | None = None) -> requests.Session:
         """Register and sign in (through the gateway at ``base``, the first one by default).
         Every gateway shares SECRET_KEY and the users service: the session works on all."""
-        base = base or self.base
-        session = requests.Session()
-        token = CSRF.search(session.get(base + "/auth/register").text).group(1)
-        response = session.post(base + "/auth/register", allow_redirects=False, data={
-            "csrf_token": token, "username": username, "email": f"{username}@example.com",
-            "password": PASSWORD, "password2": PASSWORD})
-        assert response.status_code == 302, response.text
-        token = CSRF.search(session.get(base + "/auth/login").text).group(1)
-        response = session.post(base + "/auth/login", allow_redirects=False, data={
-            "csrf_token": token, "username": username, "password": PASSWORD})
-        assert response.status_code == 302, response.text
-        return session
+        return http_sign_in(base or self.base, username)
 
     def send_form(self, session: requests.Session, recipient: str, base: str | None = None) -> dict:
         """The fields of a fresh send form (CSRF token and whatever hidden fields it has)."""
-        page = session.get((base or self.base) + f"/send_message/{recipient}", timeout=30)
-        assert page.status_code == 200, page.status_code
-        return dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"', page.text))
+        return http_send_form(session, base or self.base, recipient)
 
     def unread(self, session: requests.Session) -> int:
         rows = session.get(self.base + "/notifications?since=0", timeout=30).json()

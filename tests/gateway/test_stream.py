@@ -5,7 +5,6 @@ with ``Last-Event-ID``, many tabs, keepalives, a closed tab, shutdown.
 The app is served here by eventlet's WSGI server (embedded mode's); gunicorn's gevent
 worker (real mode) is exercised as separate processes in tests/fault/test_stream_processes.py.
 """
-import re
 import time
 
 import eventlet
@@ -13,11 +12,9 @@ import eventlet.wsgi
 import pytest
 import requests
 
-from tests.helpers import PASSWORD
+from tests.helpers import http_send, http_sign_in
 from tests.sse import SseStream, cookie_of
 
-CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
-HIDDEN = re.compile(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"')
 COUNT = "unread_message_count"
 
 
@@ -30,22 +27,8 @@ def base(system_app):
     listener.close()
 
 
-def sign_in(base, username):
-    browser = requests.Session()
-    token = CSRF.search(browser.get(base + "/auth/register").text).group(1)
-    assert browser.post(base + "/auth/register", allow_redirects=False, data={
-        "csrf_token": token, "username": username, "email": f"{username}@example.com",
-        "password": PASSWORD, "password2": PASSWORD}).status_code == 302
-    token = CSRF.search(browser.get(base + "/auth/login").text).group(1)
-    assert browser.post(base + "/auth/login", allow_redirects=False, data={
-        "csrf_token": token, "username": username, "password": PASSWORD}).status_code == 302
-    return browser
-
-
 def send(base, browser, recipient, body="hello"):
-    fields = dict(HIDDEN.findall(browser.get(f"{base}/send_message/{recipient}").text))
-    response = browser.post(f"{base}/send_message/{recipient}", data={**fields, "message": body}, allow_redirects=False)
-    assert response.status_code == 302, response.text
+    http_send(browser, base, recipient, body)
     return time.monotonic()
 
 
@@ -55,7 +38,7 @@ def poll(base, browser, since=0):
 
 @pytest.fixture
 def susan_and_john(base):
-    return sign_in(base, "susan"), sign_in(base, "john")
+    return http_sign_in(base, "susan"), http_sign_in(base, "john")
 
 
 def test_anonymous_callers_get_the_polls_401_json(base):

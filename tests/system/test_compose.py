@@ -11,10 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
-from tests.helpers import PASSWORD
+from tests.helpers import http_sign_in
 from tests.system.test_commands import CSRF, MICROBLOG, free_port, start, stop, wait_for_http, wait_for_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,19 +146,6 @@ def _wait_for_unread(session, base, expected, timeout=20):
         time.sleep(0.2)
 
 
-def _sign_in(base, username) -> requests.Session:
-    session = requests.Session()
-    token = CSRF.search(session.get(base + "/auth/register").text).group(1)
-    assert session.post(base + "/auth/register", allow_redirects=False, data={
-        "csrf_token": token, "username": username, "email": f"{username}@example.com",
-        "password": PASSWORD, "password2": PASSWORD}).status_code == 302
-    token = CSRF.search(session.get(base + "/auth/login").text).group(1)
-    response = session.post(base + "/auth/login", data={"csrf_token": token, "username": username,
-                                                        "password": PASSWORD}, allow_redirects=False)
-    assert response.status_code == 302
-    return session
-
-
 def test_each_compose_service_runs_as_its_command_and_one_restarts_alone(tmp_path, real_infra, rabbit_config,
                                                                          postgres):
     port = free_port()
@@ -192,7 +178,7 @@ def test_each_compose_service_runs_as_its_command_and_one_restarts_alone(tmp_pat
         assert wait_for_http(base + "/auth/login", processes["gateway"], tmp_path / "gateway.log").status_code == 200
         assert "deploy.wsgi_server.GatewayWorker" in (tmp_path / "gateway.log").read_text()  # gevent
 
-        susan, john = _sign_in(base, "susan"), _sign_in(base, "john")
+        susan, john = http_sign_in(base, "susan"), http_sign_in(base, "john")
         token = CSRF.search(susan.get(base + "/send_message/john").text).group(1)
 
         def send(body):
