@@ -445,17 +445,59 @@ def quiet_worker_tracebacks_during_outages() -> None:
         containers.addFilter(_quiet)
 
 
+class Recorders:
+    """A service's storage: one class per database with the same methods, each built
+    around a ``Session`` (``Recorder``). Which one is picked once, from the engine, when the
+    database is set up; nothing after that asks which database it is talking to."""
+
+    def __init__(self, **by_dialect: type):
+        self.by_dialect = by_dialect  # e.g. postgresql=PostgresInbox, sqlite=SqliteInbox
+
+    def for_engine(self, engine: Engine) -> type:
+        try:
+            return self.by_dialect[engine.dialect.name]
+        except KeyError:
+            raise RuntimeError(f"no storage for {engine.dialect.name} databases "
+                               f"(supported: {', '.join(sorted(self.by_dialect))})") from None
+
+    def open(self, engine: Engine, make_session=None):
+        """A recorder on a new session of ``engine`` (outside nameko: the CLI, tests)."""
+        make_session = make_session or sessionmaker(engine, expire_on_commit=False)
+        return self.for_engine(engine)(make_session())
+
+
+class Recorder:
+    """Base of every storage class: holds the worker's ``Session`` and ends it like one."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def invalidate(self) -> None:
+        self.session.invalidate()
+
+
 class Database(DependencyProvider):
-    """Injects a SQLAlchemy ``Session`` per worker, closed when the worker ends.
+    """Injects a SQLAlchemy ``Session`` per worker, closed when the worker ends; or, given
+    ``storage`` (``Recorders``), the recorder for this database built around that session.
 
     The URL comes from the container config key given, so each service names its own
     database (``USERS_DATABASE_URL`` ...). Entry points commit explicitly; anything not
     committed when the worker ends is rolled back by ``close()``.
     """
 
-    def __init__(self, url_key: str, pool_size_key: str = "DB_POOL_SIZE"):
+    def __init__(self, url_key: str, pool_size_key: str = "DB_POOL_SIZE", storage: "Recorders | None" = None):
         self.url_key = url_key
         self.pool_size_key = pool_size_key
+        self.storage = storage
         self.engine: Engine | None = None
         self.sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -467,6 +509,7 @@ class Database(DependencyProvider):
             raise RuntimeError(f"{self.container.service_name}: config has no {self.url_key}") from None
         self.engine = create_db_engine(url, pool_size=int(config.get(self.pool_size_key, 10)))
         self.make_session = sessionmaker(self.engine, expire_on_commit=False)
+        self.recorder = self.storage.for_engine(self.engine) if self.storage is not None else None
         self.outage = outage_for(self.engine.url, f"{self.container.service_name} database ({_describe(self.engine.url)})")
         quiet_worker_tracebacks_during_outages()
 
@@ -477,10 +520,15 @@ class Database(DependencyProvider):
     def kill(self):
         self.stop()
 
-    def get_dependency(self, worker_ctx) -> Session:
+    def open(self):
+        """A new session, wrapped in the service's recorder if it has one (close it after)."""
+        session = self.make_session()
+        return self.recorder(session) if self.recorder is not None else session
+
+    def get_dependency(self, worker_ctx):
         session = self.make_session()
         self.sessions[worker_ctx] = session
-        return session
+        return self.recorder(session) if self.recorder is not None else session
 
     def worker_teardown(self, worker_ctx):
         session = self.sessions.pop(worker_ctx, None)
