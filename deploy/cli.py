@@ -336,12 +336,10 @@ def replay(name):
     if name == "notifications":
         _replay_notifications()
         return
-    from sqlalchemy.orm import sessionmaker
-
     from deploy.registry import SERVICES
     from deploy.startup import check_database
-    from kernel.db import create_db_engine
-    from services.messages import inbox, log
+    from kernel.db import create_db_engine, dispose
+    from services.messages.storage import STORAGE
 
     spec = SERVICES[name]
     url = ""
@@ -349,23 +347,24 @@ def replay(name):
         url = spec.nameko_config()[spec.database_key]
     with _reported(database=url):
         check_database(url, spec.database_key)
-    engine = create_db_engine(url, pool_size=1)
-    session = sessionmaker(engine)()
+    engine = create_db_engine(url, pool_size=2)
+    storage = STORAGE.open(engine)
     try:
         with _reported(database=url):
-            total = log.head(session)
+            total = storage.head()
+            storage.rollback()
             with click.progressbar(length=total, label=f"Replaying {total} events into the inbox") as bar:
                 done = [0]
 
-                def progress(applied):
-                    bar.update(applied - done[0])
-                    done[0] = applied
+                def progress(position):
+                    bar.update(position - done[0])
+                    done[0] = position
 
-                applied = inbox.replay(session, progress=progress)
-            click.echo(f"{name}: inbox rebuilt from {applied} events")
+                position = storage.rebuild(progress=progress)
+            click.echo(f"{name}: inbox rebuilt beside the live one from {position} events and swapped in")
     finally:
-        session.close()
-        engine.dispose()
+        storage.close()
+        dispose(engine)
 
 
 def _notifications_tools():

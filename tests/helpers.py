@@ -83,3 +83,12 @@ def http_send(session, base: str, recipient: str, body: str, form: dict | None =
     response = session.post(f"{base}/send_message/{recipient}", data={**form, "message": body},
                             allow_redirects=False, timeout=30)
     assert response.status_code == 302, (response.status_code, response.text[:500])
+
+
+def storage_of(messages_db):
+    """Opens recorders of the messages database ``(engine, sessionmaker)`` (the storage
+    class its dialect picks), as the service's ``Database`` dependency does per worker."""
+    from services.messages.storage import STORAGE
+
+    engine, make_session = messages_db
+    return lambda: STORAGE.for_engine(engine)(make_session())

@@ -1,15 +1,11 @@
-"""The messages service's commands: validate, append the event, update the read model,
-commit, all in one transaction."""
+"""The messages service's commands: validate, then append the event and update the read
+model in one transaction (``storage.commit_event``)."""
 from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy.orm import Session
-
-from kernel.db import autocommit_engine_for
 from kernel.errors import DependencyUnavailable, RecipientNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN, InboxRead, MessageSent
-from services.messages import inbox, log
 
 MESSAGE_MAX = 140
 
@@ -45,47 +41,21 @@ def clean_key(key) -> str:
     return key
 
 
-def _commit_event(session: Session, event) -> dict:
-    """Append ``event`` (and update the read model) in one transaction; returns its payload.
-    If the log already holds an event with its idempotency key, returns that one instead
-    and changes nothing."""
-    engine = session.get_bind()
-    if engine.dialect.name == "postgresql":
-        sql, params = inbox.apply_sql(event)
-        with autocommit_engine_for(engine).connect() as connection:
-            placed = log.append_in_one_statement(connection, event, sql, params)
-        return placed if isinstance(placed, dict) else placed.to_dict()
-    # SQLite (embedded): one connection, BEGIN IMMEDIATE, so nobody appends the same key
-    # between the look-up and the append.
-    try:
-        earlier = log.find_by_key(session, event.idempotency_key)
-        if earlier is not None:
-            session.rollback()
-            return earlier
-        placed = log.append(session, event)
-        inbox.apply(session, placed)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return placed.to_dict()
-
-
 def _same_send(earlier: dict, sender_id: int, recipient_id: int, body: str) -> bool:
     return earlier["event_type"] == MessageSent.__name__ and earlier["data"] == {
         "sender_id": sender_id, "recipient_id": recipient_id, "body": body}
 
 
-def _earlier_send(session: Session, scoped_key: str | None) -> dict | None:
+def _earlier_send(storage, scoped_key: str | None) -> dict | None:
     if scoped_key is None:
         return None
     try:
-        return log.find_by_key(session, scoped_key)
+        return storage.find_by_key(scoped_key)
     finally:
-        session.rollback()  # end the read's transaction (SQLite holds its one connection)
+        storage.rollback()  # end the read's transaction (SQLite holds its one connection)
 
 
-def send_message(session: Session, sender_id, recipient_id, body, recipient_exists: Callable[[int], bool],
+def send_message(storage, sender_id, recipient_id, body, recipient_exists: Callable[[int], bool],
                  idempotency_key: str | None = None) -> dict:
     """Append MessageSent. With an ``idempotency_key`` (made once per user action, where the
     user acted), the send happens once whatever is repeated: a redelivered request, a retry
@@ -101,20 +71,20 @@ def send_message(session: Session, sender_id, recipient_id, body, recipient_exis
     except DependencyUnavailable:
         # The users service is away: a repeat of a send already made needs no recipient
         # check, so it is still answered (a new send must wait for the check).
-        earlier = _earlier_send(session, scoped_key)
+        earlier = _earlier_send(storage, scoped_key)
         if earlier is None:
             raise
         exists = True
     if not exists:
         raise RecipientNotFound(f"No user with id {recipient_id!r} to send a message to.")
     event = MessageSent(sender_id=sender_id, recipient_id=recipient_id, body=body, idempotency_key=scoped_key)
-    result = _commit_event(session, event)
+    result = storage.commit_event(event)
     if result["event_id"] != str(event.event_id) and not _same_send(result, sender_id, recipient_id, body):
         raise ValidationFailed("This form was already used to send a different message. "
                                "Please open the form again and resend.", "message")
     return result
 
 
-def mark_inbox_read(session: Session, user_id) -> dict:
+def mark_inbox_read(storage, user_id) -> dict:
     user_id = _user_id(user_id, "user")
-    return _commit_event(session, InboxRead(user_id=user_id))
+    return storage.commit_event(InboxRead(user_id=user_id))

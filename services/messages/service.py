@@ -1,14 +1,16 @@
-"""The messages nameko service: RPC entry points only; the work is in commands, inbox, log."""
+"""The messages nameko service: RPC entry points only; the rules are in ``commands``, the
+storage (event log and inbox) in ``storage``."""
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
+from kernel.eventlog import FEED_BATCH_MAX
+from kernel.outbox import Outbox
 from kernel.rpc import RpcProxy, rpc
-from services.messages import commands, inbox, log
-from services.messages.models import Counter
-from services.messages.relay import Outbox
+from services.messages import commands
+from services.messages.storage import STORAGE
 
 KNOWN_USERS: set[int] = set()
 
@@ -16,7 +18,7 @@ KNOWN_USERS: set[int] = set()
 class MessagesService(HealthCheck):
     name = "messages"
 
-    db = Database("MESSAGES_DATABASE_URL")
+    db = Database("MESSAGES_DATABASE_URL", storage=STORAGE)
     outbox = Outbox("db")
     users = RpcProxy("users")
     metrics = Metrics()
@@ -56,38 +58,33 @@ class MessagesService(HealthCheck):
         # and its offset must never reach the database as an integer it cannot hold.
         if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 2**31 - 1:
             raise ValidationFailed("page must be a whole number from 1 to 2147483647.", "page")
-        return inbox.page_of(self.db, user_id, page)
+        return self.db.page_of(user_id, page)
 
     @rpc
     def unread_count(self, user_id):
-        return inbox.unread_count(self.db, user_id)
+        return self.db.unread_count(user_id)
 
     @rpc
     def unread_counts(self, user_ids):
         ids = [i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)] if isinstance(user_ids, list) else []
-        return inbox.unread_counts(self.db, ids)
+        return self.db.unread_counts(ids)
 
     @rpc
-    def events_after(self, position, limit=log.FEED_BATCH_MAX):
+    def events_after(self, position, limit=FEED_BATCH_MAX):
         """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise ValidationFailed("position must be a whole number, 0 or more.")
-        return log.read_payloads_after(self.db, position, limit)
+        return self.db.events_after(position, limit)
 
     @rpc
     def head(self):
-        return log.head(self.db)
+        return self.db.head()
 
     @rpc
     def stats(self):
         """The log's head, the outbox's published position and the backlog between them
         (``microblog status``; also the metrics gauges)."""
-        from sqlalchemy import select
-
-        head = log.head(self.db)
-        published = self.db.scalar(select(Counter.position).where(Counter.name == "published")) or 0
-        self.db.rollback()
-        return set_outbox(head, published)
+        return set_outbox(*self.db.outbox_state())
 
     @metrics_refresh
     def refresh_metrics(self):

@@ -49,12 +49,12 @@ def published_position(config) -> int:
     from sqlalchemy import select
 
     from kernel.db import create_db_engine
-    from services.messages.models import Counter
+    from kernel.eventlog import counters
 
     engine = create_db_engine(config["MESSAGES_DATABASE_URL"], pool_size=1)
     try:
         with engine.connect() as connection:
-            return connection.scalar(select(Counter.position).where(Counter.name == "published"))
+            return connection.scalar(select(counters.c.position).where(counters.c.name == "published"))
     finally:
         engine.dispose()
 

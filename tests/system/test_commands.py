@@ -200,34 +200,34 @@ def test_replay_messages_rebuilds_the_inbox_from_the_log(tmp_path):
     from deploy.registry import SERVICES
     from kernel.db import create_db_engine
     from kernel.migrations import upgrade
-    from services.messages import commands, inbox
+    from services.messages import commands
     from services.messages.models import InboxMessage
+    from services.messages.storage import STORAGE
 
     url = f"sqlite:///{tmp_path / 'messages.db'}"
     upgrade(SERVICES["messages"].migrations, url)
     engine = create_db_engine(url)
-    make_session = sessionmaker(engine, expire_on_commit=False)
-    session = make_session()
+    storage = STORAGE.open(engine)
     for i in range(30):
-        commands.send_message(session, 1 + i % 3, 1 + i % 2, f"m{i}", lambda _: True)
+        commands.send_message(storage, 1 + i % 3, 1 + i % 2, f"m{i}", lambda _: True)
         if i % 7 == 0:
-            commands.mark_inbox_read(session, 1 + i % 2)
-    before = inbox.snapshot(session)
-    session.query(InboxMessage).filter(InboxMessage.id % 2 == 0).delete()  # damage the read model
-    session.commit()
-    assert inbox.snapshot(session) != before
-    session.close()
+            commands.mark_inbox_read(storage, 1 + i % 2)
+    before = storage.snapshot()
+    storage.session.query(InboxMessage).filter(InboxMessage.id % 2 == 0).delete()  # damage the read model
+    storage.commit()
+    assert storage.snapshot() != before
+    storage.close()
     engine.dispose()
 
     result = subprocess.run([MICROBLOG, "replay", "messages"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONWARNINGS": "ignore", "MESSAGES_DATABASE_URL": url})
     assert result.returncode == 0, result.stderr
-    assert "inbox rebuilt from 35 events" in result.stdout
+    assert "inbox rebuilt beside the live one from 35 events and swapped in" in result.stdout
 
     engine = create_db_engine(url)
-    session = sessionmaker(engine)()
-    assert inbox.snapshot(session) == before
-    session.close()
+    storage = STORAGE.open(engine, sessionmaker(engine))
+    assert storage.snapshot() == before
+    storage.close()
     engine.dispose()
 
 

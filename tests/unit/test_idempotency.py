@@ -6,10 +6,12 @@ import eventlet
 import pytest
 from sqlalchemy import func, select
 
+from tests.helpers import storage_of
 from kernel.errors import ValidationFailed
 from kernel.events import Event, MessageSent
-from services.messages import commands, inbox, log
-from services.messages.models import InboxMessage, LoggedEvent
+from services.messages import commands
+from kernel.eventlog import event_log
+from services.messages.models import InboxMessage
 
 
 def everyone_exists(_user_id):
@@ -24,16 +26,16 @@ def send(make_session, sender, recipient, body, key):
         session.close()
 
 
-def count(make_session, model=LoggedEvent) -> int:
+def count(make_session, model=event_log) -> int:
     session = make_session()
     try:
-        return session.scalar(select(func.count()).select_from(model))
+        return session.session.scalar(select(func.count()).select_from(model))
     finally:
         session.close()
 
 
 def test_a_repeated_send_returns_the_first_event_and_appends_nothing(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     first = send(make_session, 1, 2, "hello", key)
     again = send(make_session, 1, 2, "hello", key)
@@ -41,25 +43,25 @@ def test_a_repeated_send_returns_the_first_event_and_appends_nothing(messages_db
     assert first["idempotency_key"] == f"1:{key}"
     assert count(make_session) == 1 and count(make_session, InboxMessage) == 1
     session = make_session()
-    assert inbox.unread_count(session, 2) == 1
-    assert log.head(session) == 1  # no position was used up by the repeat
+    assert session.unread_count(2) == 1
+    assert session.head() == 1  # no position was used up by the repeat
     session.close()
     assert send(make_session, 1, 2, "hello", uuid.uuid4().hex)["position"] == 2  # a new action appends
 
 
 def test_the_key_travels_with_the_event_through_the_feed(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     send(make_session, 3, 4, "hi", key)
     session = make_session()
-    [payload] = log.read_payloads_after(session, 0)
+    [payload] = session.events_after(0)
     session.close()
     assert payload["idempotency_key"] == f"3:{key}"
     assert Event.from_dict(payload).idempotency_key == f"3:{key}"
 
 
 def test_the_same_key_with_a_different_message_is_refused_not_answered_with_the_other(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     send(make_session, 1, 2, "hello", key)
     for sender, recipient, body in ((1, 2, "something else"), (1, 3, "hello")):
@@ -70,7 +72,7 @@ def test_the_same_key_with_a_different_message_is_refused_not_answered_with_the_
 
 def test_keys_are_scoped_to_the_sender(messages_db):
     # Another user who somehow holds my key neither blocks my send nor sees my message.
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     mine = send(make_session, 1, 2, "hello", key)
     theirs = send(make_session, 5, 2, "hello", key)
@@ -80,7 +82,7 @@ def test_keys_are_scoped_to_the_sender(messages_db):
 
 @pytest.mark.parametrize("key", ["", "short", "x" * 65, "has space in it", "semi;colon!", 42, ["a" * 10]])
 def test_a_malformed_key_is_refused(messages_db, key):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     with pytest.raises(ValidationFailed) as error:
         send(make_session, 1, 2, "hello", key)
     assert error.value.field == "idempotency_key"
@@ -91,7 +93,7 @@ def test_concurrent_repeats_of_one_send_append_one_event(messages_db):
     # A redelivered request and the user's retry arriving together: on PostgreSQL both
     # statements find no earlier event in their snapshot and race for the log's head; the
     # loser hits the unique index and answers with the winner's event.
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     results = []
 
@@ -110,7 +112,7 @@ def test_concurrent_repeats_of_one_send_append_one_event(messages_db):
 
 def test_sends_without_a_key_still_append_each_time(messages_db):
     # The domain function allows it (replays, tools); the RPC entry point requires a key.
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     for _ in range(2):
         session = make_session()
         commands.send_message(session, 1, 2, "hello", everyone_exists)
@@ -152,7 +154,7 @@ def test_two_repeats_queued_behind_the_log_head_lock_append_one_event(messages_d
     from kernel.db import create_db_engine, dispose
 
     engine = create_db_engine(messages_db_url, pool_size=4)
-    make_session = sessionmaker(engine, expire_on_commit=False)
+    make_session = storage_of((engine, sessionmaker(engine, expire_on_commit=False)))
     key = uuid.uuid4().hex
     try:
         with engine.connect() as holder:
@@ -179,7 +181,7 @@ def test_two_repeats_queued_behind_the_log_head_lock_append_one_event(messages_d
 def test_a_repeat_is_answered_while_the_users_service_is_away(messages_db):
     from kernel.errors import DependencyUnavailable
 
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     key = uuid.uuid4().hex
     first = send(make_session, 1, 2, "hello", key)
 
@@ -198,6 +200,6 @@ def test_a_repeat_is_answered_while_the_users_service_is_away(messages_db):
 
 @pytest.mark.parametrize("sender", [0, -1, 2**31, 10**30])
 def test_a_sender_id_out_of_range_is_refused(messages_db, sender):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     with pytest.raises(ValidationFailed):
         send(make_session, sender, 2, "hello", uuid.uuid4().hex)

@@ -5,8 +5,11 @@ from sqlalchemy import func, select
 
 from kernel.errors import RecipientNotFound, ValidationFailed
 from kernel.events import InboxRead, MessageSent
-from services.messages import commands, inbox, log
-from services.messages.models import InboxMessage, LoggedEvent
+from kernel.eventlog import event_log
+from services.messages import commands
+from services.messages.models import InboxMessage
+from services.messages.storage import PostgresMessages, SqliteMessages
+from tests.helpers import storage_of
 
 
 def everyone_exists(_user_id):
@@ -30,7 +33,7 @@ def read(make_session, user):
 
 
 def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     senders, per_sender = 8, 25
     total = senders * per_sender
     seen = []
@@ -46,7 +49,7 @@ def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(m
         last = 0
         while len(seen) < total:
             session = make_session()
-            batch = log.read_after(session, last, limit=7)
+            batch = session.read_after(last, limit=7)
             session.close()
             for event in batch:
                 seen.append((event.position, event.body))
@@ -64,121 +67,115 @@ def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(m
 
 
 def test_send_appends_message_sent_and_updates_the_inbox_in_one_go(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     event = send(make_session, 1, 2, "  hello  ")
     assert event["event_type"] == "MessageSent" and event["position"] == 1
     assert event["data"] == {"sender_id": 1, "recipient_id": 2, "body": "hello"}
     session = make_session()
-    assert inbox.unread_count(session, 2) == 1
-    assert inbox.page_of(session, 2, 1)["messages"][0]["body"] == "hello"
+    assert session.unread_count(2) == 1
+    assert session.page_of(2, 1)["messages"][0]["body"] == "hello"
     session.close()
 
 
 @pytest.mark.parametrize("body", ["", "   ", "x" * 141, None, 5, "nul\x00"])
 def test_bad_bodies_are_refused_and_nothing_is_appended(messages_db, body):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     with pytest.raises(ValidationFailed) as error:
         send(make_session, 1, 2, body)
     assert error.value.field == "message"
     session = make_session()
-    assert log.head(session) == 0 and session.scalar(select(func.count()).select_from(LoggedEvent)) == 0
+    assert session.head() == 0 and session.session.scalar(select(func.count()).select_from(event_log)) == 0
     session.close()
 
 
 def test_unknown_recipient_is_refused_and_nothing_is_appended(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     session = make_session()
     for recipient in (99, "2", None, True):
         with pytest.raises(RecipientNotFound):
             commands.send_message(session, 1, recipient, "hi", lambda user_id: user_id != 99)
-    assert log.head(session) == 0
+    assert session.head() == 0
     session.close()
 
 
 def test_a_failed_transaction_leaves_no_event_and_no_gap(messages_db, monkeypatch):
-    _, make_session = messages_db
-    real_apply, real_apply_sql = inbox.apply, inbox.apply_sql
-
-    def broken_apply(session, event):
-        raise RuntimeError("read model update failed")
-
-    def broken_apply_sql(event):  # PostgreSQL's one-statement path: a read-model insert that fails
-        return "INSERT INTO inbox_messages (id) SELECT NULL FROM logged", {}
-
-    monkeypatch.setattr(inbox, "apply", broken_apply)
-    monkeypatch.setattr(inbox, "apply_sql", broken_apply_sql)
+    make_session = storage_of(messages_db)
+    # A read-model insert that fails, in either database's way of applying the rules.
+    monkeypatch.setattr(PostgresMessages, "PROJECTIONS", ("INSERT INTO inbox_messages (id) SELECT NULL FROM logged",))
+    monkeypatch.setattr(PostgresMessages, "_statement", None)
+    monkeypatch.setattr(SqliteMessages, "RULES", ("INSERT INTO inbox_messages (id) SELECT NULL FROM {source}",))
     with pytest.raises(Exception):
         send(make_session, 1, 2, "lost?")
-    monkeypatch.setattr(inbox, "apply", real_apply)
-    monkeypatch.setattr(inbox, "apply_sql", real_apply_sql)
+    monkeypatch.undo()
+    PostgresMessages._statement = None
     assert send(make_session, 1, 2, "kept")["position"] == 1
     session = make_session()
-    assert [e.body for e in log.read_after(session, 0)] == ["kept"]
-    assert session.scalar(select(func.count()).select_from(InboxMessage)) == 1
+    assert [e.body for e in session.read_after(0)] == ["kept"]
+    assert session.session.scalar(select(func.count()).select_from(InboxMessage)) == 1
     session.close()
 
 
 def test_unread_count_is_messages_after_the_latest_inbox_read(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     send(make_session, 1, 2, "a")
     send(make_session, 3, 2, "b")
     send(make_session, 2, 1, "to someone else")
     session = make_session()
-    assert inbox.unread_count(session, 2) == 2
+    assert session.unread_count(2) == 2
     session.close()
     assert read(make_session, 2)["event_type"] == "InboxRead"
     send(make_session, 1, 2, "c")
     session = make_session()
-    assert inbox.unread_count(session, 2) == 1
-    assert inbox.unread_count(session, 1) == 1
-    assert inbox.unread_count(session, 42) == 0
+    assert session.unread_count(2) == 1
+    assert session.unread_count(1) == 1
+    assert session.unread_count(42) == 0
     session.close()
 
 
 def test_pages_are_newest_first_25_a_page(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     for i in range(30):
         send(make_session, 1, 2, f"m{i}")
     session = make_session()
-    first, second, past = (inbox.page_of(session, 2, page) for page in (1, 2, 3))
+    first, second, past = (session.page_of(2, page) for page in (1, 2, 3))
     assert [m["body"] for m in first["messages"]] == [f"m{i}" for i in range(29, 4, -1)]
     assert [m["body"] for m in second["messages"]] == [f"m{i}" for i in range(4, -1, -1)]
     assert (first["pages"], first["has_next"], first["has_prev"]) == (2, True, False)
     assert (second["has_next"], second["has_prev"]) == (False, True)
     assert past["messages"] == [] and past["pages"] == 2
-    assert inbox.page_of(session, 2, 10**30)["messages"] == []
+    assert session.page_of(2, 10**30)["messages"] == []
     session.close()
 
 
 def test_replay_rebuilds_exactly_the_same_read_model(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     for i in range(40):
         send(make_session, 1 + i % 4, 1 + (i * 7) % 5, f"message {i}")
         if i % 9 == 0:
             read(make_session, 1 + i % 5)
     session = make_session()
-    before = inbox.snapshot(session)
+    before = session.snapshot()
     assert before[0] and before[1]
     progress = []
-    assert inbox.replay(session, progress=progress.append) == log.head(session)
-    assert progress and progress[-1] == log.head(session)
+    assert session.rebuild(progress=progress.append) == session.head()
+    assert progress and progress[-1] == session.head()
     session.close()
     session = make_session()
-    assert inbox.snapshot(session) == before
+    assert session.snapshot() == before
     session.close()
 
 
 def test_feed_returns_batches_of_at_most_1000(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     session = make_session()
     for i in range(1005):
-        log.append(session, InboxRead(user_id=1) if i % 2 else MessageSent(sender_id=1, recipient_id=2, body=str(i)))
+        session.append(InboxRead(user_id=1) if i % 2 else MessageSent(sender_id=1, recipient_id=2, body=str(i)))
     session.commit()
-    first = log.read_after(session, 0, limit=5000)
+    first = session.read_after(0, limit=5000)
     assert len(first) == 1000 and first[0].position == 1 and first[-1].position == 1000
-    rest = log.read_after(session, 1000)
+    rest = session.read_after(1000)
     assert [e.position for e in rest] == [1001, 1002, 1003, 1004, 1005]
-    assert log.read_after(session, 1005) == []
-    assert [e.position for e in log.read_after(session, 10, limit=3)] == [11, 12, 13]
-    assert log.head(session) == 1005
+    assert session.read_after(1005) == []
+    assert [e.position for e in session.read_after(10, limit=3)] == [11, 12, 13]
+    assert session.head() == 1005
     session.close()

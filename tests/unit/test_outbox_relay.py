@@ -4,8 +4,9 @@ import pytest
 from sqlalchemy import select
 
 from kernel.events import Event
-from services.messages.models import Counter
-from services.messages.relay import OutboxRelay
+from kernel.eventlog import counters
+from kernel.outbox import OutboxRelay
+from tests.helpers import storage_of
 from tests.unit.test_messages_log import read, send
 
 
@@ -36,13 +37,13 @@ class FlakyBroker:
 def published_counter(make_session):
     session = make_session()
     try:
-        return session.scalar(select(Counter.position).where(Counter.name == "published"))
+        return session.session.scalar(select(counters.c.position).where(counters.c.name == "published"))
     finally:
         session.close()
 
 
 def test_relay_publishes_every_event_once_in_order(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     relay = OutboxRelay(make_session, broker)
     for i in range(5):
@@ -55,7 +56,7 @@ def test_relay_publishes_every_event_once_in_order(messages_db):
 
 
 def test_sends_succeed_while_the_broker_is_down_and_nothing_is_lost_or_reordered(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     relay = OutboxRelay(make_session, broker)
     send(make_session, 1, 2, "before")
@@ -75,7 +76,7 @@ def test_sends_succeed_while_the_broker_is_down_and_nothing_is_lost_or_reordered
 
 
 def test_a_failure_mid_batch_sends_the_whole_batch_again(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     broker.fail_on = {4}
     relay = OutboxRelay(make_session, broker)
@@ -91,7 +92,7 @@ def test_a_failure_mid_batch_sends_the_whole_batch_again(messages_db):
 
 
 def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages_db):
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     relay = OutboxRelay(make_session, broker, poll_interval=0.05)
     runner = eventlet.spawn(relay.run_forever)
@@ -119,7 +120,7 @@ def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages
 def test_two_relays_on_one_log_publish_each_event_once_in_order(messages_db):
     """Two instances of the messages service: one relay publishes at a time (PostgreSQL:
     the ``published`` row is locked, SKIP LOCKED; SQLite: one writer), never both."""
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     published = []
 
     class SlowBroker:
@@ -156,11 +157,11 @@ def test_a_relay_that_found_the_turn_taken_looks_again_soon(messages_db, message
     # wait a whole poll interval for the next look.
     if not messages_db_url.startswith("postgresql"):
         pytest.skip("SQLite: one process, one relay; there is no other instance to skip")
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     relay = OutboxRelay(make_session, broker, poll_interval=30)
     holder = make_session()
-    holder.execute(select(Counter.position).where(Counter.name == "published").with_for_update())
+    holder.session.execute(select(counters.c.position).where(counters.c.name == "published").with_for_update())
     runner = eventlet.spawn(relay.run_forever)
     try:
         send(make_session, 1, 2, "while the other relay is busy")
@@ -186,12 +187,12 @@ def test_a_relay_round_never_leaves_a_transaction_open(messages_db, messages_db_
         pytest.skip("SQLite: a plain session transaction")
     from sqlalchemy import text
 
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
 
     def open_transactions():
         session = make_session()
         try:
-            return session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            return session.session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                                        " AND state LIKE 'idle in transaction%'"))
         finally:
             session.close()
@@ -205,7 +206,7 @@ def test_a_relay_round_never_leaves_a_transaction_open(messages_db, messages_db_
         relay.relay_pending()  # the publish fails
     assert open_transactions() == 0
     holder = make_session()
-    holder.execute(select(Counter.position).where(Counter.name == "published").with_for_update(nowait=True))
+    holder.session.execute(select(counters.c.position).where(counters.c.name == "published").with_for_update(nowait=True))
     assert relay.relay_pending() == 0 and relay.skipped  # another relay holds the row
     holder.rollback()
     holder.close()
@@ -219,7 +220,7 @@ def test_a_relay_round_never_leaves_a_transaction_open(messages_db, messages_db_
 def test_an_event_committed_during_a_round_goes_out_without_an_empty_round_first(messages_db):
     # After a short batch the relay waits for the next wake-up instead of reading the log
     # again at once; an event committed while the round ran has woken it already.
-    _, make_session = messages_db
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     relay = OutboxRelay(make_session, broker, poll_interval=30)
     rounds = []
@@ -258,11 +259,11 @@ def test_an_event_committed_during_a_round_goes_out_without_an_empty_round_first
 def test_a_broker_outage_is_logged_once_and_its_end_once(messages_db, monkeypatch, caplog):
     import logging
 
-    from services.messages import relay as relay_module
+    from kernel import outbox as relay_module
 
     monkeypatch.setattr(relay_module, "MAX_BACKOFF", 0.05)
-    caplog.set_level(logging.WARNING, logger="services.messages.relay")
-    _, make_session = messages_db
+    caplog.set_level(logging.WARNING, logger="kernel.outbox")
+    make_session = storage_of(messages_db)
     broker = FlakyBroker()
     broker.down = True
     relay = OutboxRelay(make_session, broker, poll_interval=0.01)
@@ -279,14 +280,14 @@ def test_a_broker_outage_is_logged_once_and_its_end_once(messages_db, monkeypatc
     finally:
         relay.stop()
         runner.wait()
-    lines = [r.getMessage() for r in caplog.records if r.name == "services.messages.relay"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "kernel.outbox"]
     assert len(lines) == 2 and "working again" in lines[1], lines
 
 
 def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_end_of_it(real_infra, rabbit_config):
     # eventlet's Timeout is a BaseException: raised out of flush it would pass the relay's
     # ``except Exception`` and end its thread, and nameko kills the service for that.
-    from services.messages.relay import ConfirmedBatchPublisher
+    from kernel.outbox import ConfirmedBatchPublisher
     from tests.fault.proxy import TcpProxy
 
     def payload(position):
@@ -314,7 +315,7 @@ def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_en
 
 def test_the_backoff_stays_bounded_for_any_number_of_failures():
     # 2 ** 1030 does not fit a float: an hour and a half of outage once ended the relay.
-    from services.messages.relay import MAX_BACKOFF, backoff_delay
+    from kernel.outbox import MAX_BACKOFF, backoff_delay
 
     assert backoff_delay(0.5, 1) == 1.0
     assert [backoff_delay(0.5, n) for n in (100, 1030, 10**6)] == [MAX_BACKOFF] * 3

@@ -8,7 +8,7 @@ at-least-once and consumers deduplicate by position.
 
 Only one relay publishes at a time: on PostgreSQL the ``published`` row is taken with
 ``FOR UPDATE SKIP LOCKED`` (another instance of the service skips rather than waits); in
-embedded mode there is one process and one connection.
+embedded mode there is one process and one connection (``kernel.eventlog``).
 """
 from __future__ import annotations
 
@@ -18,12 +18,7 @@ from typing import Callable
 import eventlet
 from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
-from sqlalchemy import update
-
-from kernel.db import autocommit_engine_for
 from kernel.outage import OutageLog
-from services.messages import log
-from services.messages.models import Counter
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +28,8 @@ BUSY_RETRY = 0.01  # seconds before looking again when another relay held the tu
 
 
 class OutboxRelay:
-    def __init__(self, make_session: Callable, publisher: "Publisher", poll_interval: float = 1.0, linger: float = 0.0):
-        self.make_session = make_session
+    def __init__(self, open_log: Callable, publisher: "Publisher", poll_interval: float = 1.0, linger: float = 0.0):
+        self.open_log = open_log  # -> a ``kernel.eventlog.EventLog`` on a new session
         self.publisher = publisher
         self.poll_interval = poll_interval
         # After a wake-up, wait this long so that the sends committing meanwhile go out in
@@ -53,43 +48,13 @@ class OutboxRelay:
         what they have already applied by its position) and the error is raised so the
         caller backs off.
         """
-        session = self.make_session()
+        log = self.open_log()
         try:
-            engine = session.get_bind()
-            if engine.dialect.name == "postgresql":
-                with autocommit_engine_for(engine).connect() as connection:
-                    return self._relay_round_on_postgres(connection)
-            # SQLite (one process, one connection): a plain transaction.
-            payloads = log.read_unpublished(session, RELAY_BATCH)
-            self.skipped = False
-            if not payloads:
-                session.rollback()
-                return 0
-            self._publish(payloads)
-            session.execute(
-                update(Counter).where(Counter.name == "published").values(position=payloads[-1]["position"])
-            )
-            session.commit()
-            return len(payloads)
+            relayed = log.relay_round(RELAY_BATCH, self._publish)
         finally:
-            session.close()
-
-    def _relay_round_on_postgres(self, connection) -> int:
-        # One round trip locks the ``published`` row and reads what follows it; one more
-        # records progress and commits (log.begin_relay_round).
-        ended = False
-        try:
-            payloads = log.begin_relay_round(connection, RELAY_BATCH)
-            self.skipped = payloads is None  # another relay holds the row: try again soon
-            if not payloads:
-                return 0
-            self._publish(payloads)
-            log.end_relay_round(connection, payloads[-1]["position"])
-            ended = True
-            return len(payloads)
-        finally:
-            if not ended:
-                log.abort_relay_round(connection)
+            log.close()
+        self.skipped = relayed is None  # another relay held the turn: look again soon
+        return relayed or 0
 
     def _publish(self, payloads: list[dict]) -> None:
         for payload in payloads:
@@ -294,7 +259,7 @@ class Outbox(DependencyProvider):
         database = next(dep for dep in self.container.dependencies if dep.attr_name == self.db_attr)
         config = self.container.config
         self.relay = OutboxRelay(
-            database.make_session,
+            database.open,
             publisher_for(config, self.container.service_name),
             poll_interval=float(config.get("OUTBOX_POLL_INTERVAL", 1.0)),
             linger=float(config.get("OUTBOX_LINGER", 0.0)),
