@@ -284,3 +284,47 @@ def test_verify_and_replay_notifications_against_running_services(tmp_path, real
     finally:
         for name in ("notifications", "messages", "users"):
             assert stop(processes[name]) == 0, name
+
+
+def test_replay_messages_under_live_sends_keeps_every_send(messages_pg_url):
+    # PostgreSQL, two processes: the replay (the command) and senders (this test). Sends
+    # go on while it builds beside the live tables and wait for its swap; none fails and
+    # the inbox ends holding every MessageSent of the log.
+    from sqlalchemy import text
+
+    from tests.conftest import empty_tables
+    from kernel.db import create_db_engine, dispose
+    from services.messages import commands
+    from services.messages.storage import STORAGE
+
+    empty_tables(messages_pg_url)
+    engine = create_db_engine(messages_pg_url, pool_size=2)
+    with engine.begin() as connection:  # 200,000 events straight into the log: a replay of a second or two
+        connection.execute(text(
+            "INSERT INTO event_log (position, event_id, event_type, version, occurred_at, data) "
+            "SELECT n, gen_random_uuid()::text, 'MessageSent', 1, now(), "
+            "json_build_object('sender_id', 1, 'recipient_id', 1 + n % 50, 'body', 'seed')::text "
+            "FROM generate_series(1, 200000) AS n"))
+        connection.execute(text("UPDATE counters SET position = 200000 WHERE name = 'log_head'"))
+    replay = subprocess.Popen([MICROBLOG, "replay", "messages"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                              "MESSAGES_DATABASE_URL": messages_pg_url})
+    storage = STORAGE.open(engine)
+    sent_during = 0
+    try:
+        while replay.poll() is None:
+            commands.send_message(storage, 2, 999, f"live {sent_during}", lambda _: True)
+            sent_during += 1
+        out, err = replay.communicate(timeout=60)
+        assert replay.returncode == 0, err
+        assert "swapped in" in out
+        assert sent_during > 0
+        counts = storage.session.execute(text(
+            "SELECT (SELECT count(*) FROM event_log WHERE event_type = 'MessageSent'), "
+            "(SELECT count(*) FROM inbox_messages), (SELECT count(*) FROM inbox_messages WHERE recipient_id = 999)")).one()
+        assert tuple(counts) == (200000 + sent_during, 200000 + sent_during, sent_during)
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+        storage.close()
+        dispose(engine)

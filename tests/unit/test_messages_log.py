@@ -179,3 +179,41 @@ def test_feed_returns_batches_of_at_most_1000(messages_db):
     assert [e.position for e in session.read_after(10, limit=3)] == [11, 12, 13]
     assert session.head() == 1005
     session.close()
+
+
+def test_sends_during_a_replay_are_kept_and_the_swap_takes_them_in(messages_db, monkeypatch):
+    # Today's failure was an IntegrityError on inbox_messages_pkey when sends arrived while
+    # the replay rebuilt the live tables. Now it builds beside them: sends made between
+    # the build and the swap land in the live tables, and the swap applies them from the
+    # log (with the log_head row held) before replacing the live rows.
+    make_session = storage_of(messages_db)
+    for i in range(30):
+        send(make_session, 1 + i % 3, 1 + i % 4, f"before {i}")
+    read(make_session, 2)
+    during = []
+    real_build = SqliteMessages._replay_into_rebuild  # the same method on both recorders
+
+    def build_then_send(self, after, upto, progress):
+        built = real_build(self, after, upto, progress)
+        for i in range(5):
+            during.append(send(make_session, 4, 1 + i % 2, f"during {i}")["position"])
+        during.append(read(make_session, 1)["position"])
+        return built
+
+    monkeypatch.setattr(SqliteMessages, "_replay_into_rebuild", build_then_send)
+    monkeypatch.setattr(PostgresMessages, "_replay_into_rebuild", build_then_send)
+    session = make_session()
+    before = session.snapshot()
+    session.close()
+    session = make_session()
+    assert session.rebuild() == 37 and during == list(range(32, 38))
+    after = session.snapshot()
+    session.close()
+    messages, states = after
+    assert messages[:len(before[0])] == before[0]
+    assert [m[3] for m in messages[len(before[0]):]] == [f"during {i}" for i in range(5)]
+    assert dict(states) == {**dict(before[1]), 1: 37}
+    monkeypatch.undo()
+    session = make_session()
+    assert session.rebuild() == 37 and session.snapshot() == after  # a replay of a quiet log changes nothing
+    session.close()
