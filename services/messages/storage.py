@@ -10,6 +10,7 @@ Each database has its own spelling of them (JSON access, ``GREATEST``), nothing 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from sqlalchemy import MetaData, Table, delete, func, insert, select, text, update
@@ -81,8 +82,8 @@ class Inbox:
     # -- replay: build beside the live tables, then swap -----------------------------
 
     def _project(self, source: str, messages: Table, states: Table, params: dict) -> None:
-        for sql in self.RULES:
-            self.session.execute(text(sql.format(source=source, messages=messages.name, states=states.name)), params)
+        for statement in _statements(self.RULES, source, messages.name, states.name):
+            self.session.execute(statement, params)
 
     def rebuild(self, progress=None) -> int:
         """Replay the whole log into tables beside the live ones, then swap them in; returns
@@ -121,6 +122,12 @@ class Inbox:
             if progress:
                 progress(position)
         return position
+
+
+@functools.lru_cache(maxsize=16)
+def _statements(rules: tuple[str, ...], source: str, messages: str, states: str) -> tuple:
+    # Parsed once: the same objects then hit SQLAlchemy's compiled-statement cache.
+    return tuple(text(sql.format(source=source, messages=messages, states=states)) for sql in rules)
 
 
 def _iso(moment) -> str:
