@@ -11,5 +11,5 @@ class HealthCheck:
 
     @rpc
     def health(self):
-        self.db.execute(text("SELECT 1"))
+        getattr(self.db, "session", self.db).execute(text("SELECT 1"))  # a recorder, or a bare session
         return {"service": self.name, "database": "ok"}
