@@ -30,7 +30,7 @@ def _values(row: Row) -> dict:
     return {"user_id": row.user_id, "name": row.name, "payload_json": json.dumps(row.data), "timestamp": row.timestamp}
 
 
-class _Notifications(Recorder):
+class Notifications(Recorder):
     """What both databases do the same way."""
 
     insert = staticmethod(insert)  # the dialect's, for ON CONFLICT
@@ -120,7 +120,7 @@ class _Notifications(Recorder):
         self.commit()
 
 
-class SqliteNotifications(_Notifications):
+class SqliteNotifications(Notifications):
     """One writer at a time (BEGIN IMMEDIATE): every write takes the locked path."""
 
     insert = staticmethod(sqlite_insert)
@@ -156,7 +156,7 @@ FROM tracking_now LEFT OUTER JOIN notifications AS n
 """)
 
 
-class PostgresNotifications(_Notifications):
+class PostgresNotifications(Notifications):
     """Optimistic: read without a lock, write if nobody moved the tracking row meanwhile;
     the locked path only for the first write (no tracking row yet)."""
 
