@@ -7,9 +7,10 @@ from kernel.rpc import rpc
 
 
 class HealthCheck:
-    """Mixin for a nameko service class with a ``db`` (``kernel.db.Database``) dependency."""
+    """Mixin for a nameko service class with a ``db`` (``kernel.db.Database``) dependency:
+    a session, or a recorder (``kernel.db.Recorder``) holding one."""
 
     @rpc
     def health(self):
-        self.db.execute(text("SELECT 1"))
+        getattr(self.db, "session", self.db).execute(text("SELECT 1"))
         return {"service": self.name, "database": "ok"}
