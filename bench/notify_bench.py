@@ -178,12 +178,12 @@ UPDATE counters SET position = :events;
 
 def replay(args):
     from sqlalchemy import text
-    from sqlalchemy.orm import sessionmaker
 
     from deploy.registry import SERVICES
     from kernel.db import create_db_engine, dispose
     from kernel.migrations import upgrade
     from services.notifications.replay import rebuild
+    from services.notifications.storage import STORAGE
 
     with vhost() as amqp_uri, databases("messages", "notifications") as urls, tempfile.TemporaryDirectory() as logs:
         for name, url in urls.items():
@@ -201,7 +201,7 @@ def replay(args):
             pool = RpcPool({"AMQP_URI": amqp_uri}, size=2, timeout=60)
             engine = create_db_engine(urls["notifications"], pool_size=2)
             began = time.perf_counter()
-            position = rebuild(sessionmaker(engine, expire_on_commit=False), pool.messages.events_after)
+            position = rebuild(lambda: STORAGE.open(engine), pool.messages.events_after)
             elapsed = time.perf_counter() - began
             dispose(engine)
             pool.stop()

@@ -368,7 +368,7 @@ def replay(name):
 
 
 def _notifications_tools():
-    """(make_session, rpc proxy, closer) for commands that work on the projection."""
+    """(open_store, rpc proxy, closer) for commands that work on the projection."""
     import eventlet
 
     eventlet.monkey_patch()
@@ -398,7 +398,10 @@ def _notifications_tools():
         proxy.stop()
         dispose(engine)
 
-    return sessionmaker(engine, expire_on_commit=False), rpc, close
+    from services.notifications.storage import STORAGE
+
+    make_session = sessionmaker(engine, expire_on_commit=False)
+    return (lambda: STORAGE.open(engine, make_session)), rpc, close
 
 
 def _notifications_url() -> str:
@@ -417,7 +420,7 @@ def _amqp_uri() -> str:
 def _replay_notifications():
     from services.notifications.replay import rebuild
 
-    make_session, rpc, close = _notifications_tools()
+    open_store, rpc, close = _notifications_tools()
     try:
         head = rpc.messages.head()
         with click.progressbar(length=head, label=f"Replaying {head} events into notifications_rebuild") as bar:
@@ -427,7 +430,7 @@ def _replay_notifications():
                 bar.update(min(position, head) - done[0])
                 done[0] = min(position, head)
 
-            position = rebuild(make_session, rpc.messages.events_after, progress)
+            position = rebuild(open_store, rpc.messages.events_after, progress)
         click.echo(f"notifications: projection rebuilt from the feed up to position {position} and swapped in")
     finally:
         close()
@@ -443,13 +446,13 @@ def verify(wait):
 
     from services.notifications.replay import differences
 
-    make_session, rpc, close = _notifications_tools()
+    open_store, rpc, close = _notifications_tools()
     try:
         deadline = time.monotonic() + wait
         while rpc.notifications.position() < rpc.messages.head() and time.monotonic() < deadline:
             time.sleep(0.2)
         position, head = rpc.notifications.position(), rpc.messages.head()
-        problems = differences(make_session, rpc.messages.events_after, rpc.messages.unread_counts)
+        problems = differences(open_store, rpc.messages.events_after, rpc.messages.unread_counts)
         if position < head:
             problems.insert(0, f"the projection is at position {position}, the log at {head}")
     finally:

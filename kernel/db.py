@@ -285,7 +285,7 @@ class Outage:
     when the database answers again logs one line (how long it was down). Whatever retries
     on its own (pending events, a timer) waits ``due_in()`` seconds before trying again, so
     a process with many things to retry makes a few attempts per ``cap`` seconds, not a
-    hot loop (see ``services.notifications.projector.Backoff``).
+    hot loop (see ``kernel.projector.Backoff``).
     """
 
     def __init__(self, label: str, base: float = 0.1, cap: float = 2.0, clock=time.monotonic, log=None):

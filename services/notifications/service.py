@@ -1,4 +1,5 @@
-"""The notifications nameko service: entry points only; the work is in projector and store."""
+"""The notifications nameko service: entry points only; the work is in kernel.projector
+(with projection.py) and storage.py."""
 import logging
 
 from amqp.exceptions import ConnectionError as AmqpConnectionError
@@ -16,9 +17,11 @@ from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
 from kernel.outage import OutageLog
 from kernel.rpc import NO_WAIT_RETRY, RpcProxy, rpc
-from services.notifications import store
+from kernel.projector import Backoff, Projector, Turn
+from services.notifications import projection
+from services.notifications.models import PROJECTION
 from services.notifications.projection import UNREAD_MESSAGE_COUNT
-from services.notifications.projector import Backoff, Projector, Turn
+from services.notifications.storage import STORAGE
 
 logger = logging.getLogger(__name__)
 _announce_outage = OutageLog(logger, "notifications: announcing changes")
@@ -153,7 +156,7 @@ class ProjectorProvider(DependencyProvider):
         def announce(rows):
             self.announce(service, rows)
 
-        projector = Projector(database.make_session, feed, turn=self.turn, announce=announce)
+        projector = Projector(database.open, feed, projection, turn=self.turn, announce=announce)
         projector.backoff = self.backoff
         return projector
 
@@ -167,7 +170,7 @@ def _valid_user_id(user_id) -> int:
 class NotificationsService(HealthCheck):
     name = "notifications"
 
-    db = Database("NOTIFICATIONS_DATABASE_URL")
+    db = Database("NOTIFICATIONS_DATABASE_URL", storage=STORAGE)
     messages = RpcProxy("messages")
     # NotificationChanged is a hint to the gateways (a lost one only means they ask the
     # service until their cached entry expires), so it is published without waiting for
@@ -218,7 +221,7 @@ class NotificationsService(HealthCheck):
         """The user's rows with timestamp > since, oldest first: [{name, data, timestamp}]."""
         if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
             raise ValidationFailed("since must be a number.", "since")
-        return store.since(self.db, _valid_user_id(user_id), float(since))
+        return self.db.since(_valid_user_id(user_id), float(since))
 
     @rpc
     def notifications_since_many(self, pairs):
@@ -235,35 +238,31 @@ class NotificationsService(HealthCheck):
             if isinstance(since, bool) or not isinstance(since, (int, float)) or since != since:
                 raise ValidationFailed("since must be a number.", "since")
             since_by_user[user_id] = min(float(since), since_by_user.get(user_id, float("inf")))
-        found = store.since_many(self.db, since_by_user)
+        found = self.db.since_many(since_by_user)
         return [[user_id, found[user_id]] for user_id in since_by_user]
 
     @rpc
     def unread_message_count(self, user_id):
-        rows = store.since(self.db, _valid_user_id(user_id), float("-inf"))
+        rows = self.db.since(_valid_user_id(user_id), float("-inf"))
         return next((row["data"] for row in rows if row["name"] == UNREAD_MESSAGE_COUNT), 0)
 
     @rpc
     def position(self):
-        return store.tracked_position(self.db)
+        return self.db.tracked()
 
     @rpc
     def stats(self):
         """The projection's position, the feed's head and the lag between them (``microblog
         status``; also the metrics gauges). The head is None when the messages service does
         not answer."""
-        from sqlalchemy import select
-
-        from services.notifications.models import Tracking
-
-        position = self.db.scalar(select(Tracking.position).where(Tracking.projection == store.PROJECTION)) or 0
+        position = self.db.tracked()
         self.db.rollback()
         try:
             head = call_with_timeout(self.messages.head)
         except Exception as exc:  # messages down or slow: report what is known
             logger.debug("notifications: stats without the feed's head (%s: %s)", type(exc).__name__, exc)
             head = None
-        return set_projection(store.PROJECTION, position, head)
+        return set_projection(PROJECTION, position, head)
 
     @metrics_refresh
     def refresh_metrics(self):

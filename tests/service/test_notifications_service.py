@@ -9,7 +9,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 
 from kernel.events import Event
 from services.messages.service import MessagesService
-from services.notifications import store
+from services.notifications.storage import STORAGE
 from services.notifications.projection import fold
 from services.notifications.service import NotificationsService
 from services.users.service import UsersService
@@ -25,16 +25,14 @@ def config(request, tmp_path):
 
 
 def projection_state(config):
-    from sqlalchemy.orm import sessionmaker
-
     from kernel.db import create_db_engine, dispose
 
     engine = create_db_engine(config["NOTIFICATIONS_DATABASE_URL"], pool_size=1)
-    session = sessionmaker(engine)()
+    store = STORAGE.open(engine)
     try:
-        return store.all_rows(session), store.tracked_position(session)
+        return store.all_rows(), store.tracked()
     finally:
-        session.close()
+        store.close()
         dispose(engine)
 
 

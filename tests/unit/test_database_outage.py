@@ -17,7 +17,7 @@ from kernel import db, memory_transport
 from kernel.errors import DatabaseUnavailable, DependencyUnavailable, UserNotFound
 from kernel.rpc import rpc
 from kernel.rpc_pool import RpcPool
-from services.notifications.projector import Backoff
+from kernel.projector import Backoff
 
 
 def _refused_url() -> str:

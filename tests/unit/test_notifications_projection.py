@@ -13,10 +13,27 @@ from hypothesis import given, settings, strategies as st
 from kernel.events import InboxRead, MessageSent
 from sqlalchemy import update
 
-from services.notifications import store
+from kernel import projector
+from kernel.projector import GAP_WAITS, Turn
+from services.notifications import projection, storage
 from services.notifications.models import PROJECTION, Tracking
 from services.notifications.projection import UNREAD_MESSAGE_COUNT, apply, fold, keys_of
-from services.notifications.projector import GAP_WAITS, Projector, Turn
+from services.notifications.storage import STORAGE, PostgresNotifications
+
+pg = PostgresNotifications(None)  # its optimistic statements run on a connection given them
+
+
+def Projector(open_store, feed, **kwargs):
+    return projector.Projector(open_store, feed, projection, **kwargs)
+
+
+def apply_events(store, events, tracked, rows=None):
+    """Apply a contiguous run after ``tracked`` and move the tracking row, in the store's
+    transaction (what a consumer's write does)."""
+    if rows is None:
+        rows = store.load_rows([key for event in events for key in keys_of(event)])
+    position, changed = projector.fold(events, tracked, rows, apply)
+    store.save(changed, position)
 
 USERS = [1, 2, 3]
 START = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -101,16 +118,22 @@ def notifications_db(notifications_db_url):
     from kernel.db import create_db_engine, dispose
 
     engine = create_db_engine(notifications_db_url, pool_size=4)
-    yield sessionmaker(engine, expire_on_commit=False)
+    make_session = sessionmaker(engine, expire_on_commit=False)
+
+    def open_store():
+        return STORAGE.open(engine, make_session)
+
+    open_store.engine = engine
+    yield open_store
     dispose(engine)
 
 
-def live_rows(make_session):
-    session = make_session()
+def live_rows(open_store):
+    store = open_store()
     try:
-        return store.all_rows(session), store.tracked_position(session)
+        return store.all_rows(), store.tracked()
     finally:
-        session.close()
+        store.close()
 
 
 SPEC = [("sent", 1, 2), ("sent", 1, 3), ("sent", 2, 1), ("read", 1, 1), ("sent", 1, 2), ("read", 2, 2),
@@ -245,20 +268,20 @@ def test_rows_read_while_waiting_for_the_lock_are_read_again(notifications_db, n
     Projector(notifications_db, log.feed).handle(log.events[0])  # user 1 has 1 unread
     key = (1, UNREAD_MESSAGE_COUNT)
     first = notifications_db()
-    tracked, rows = store.lock_and_load(first, [key])
+    tracked, rows = first.lock_and_load([key])
     assert (tracked, rows[key].data) == (1, 1)
 
     def second_consumer():
-        session = notifications_db()
+        store = notifications_db()
         try:
-            return store.lock_and_load(session, [key])
+            return store.lock_and_load([key])
         finally:
-            session.rollback()
-            session.close()
+            store.rollback()
+            store.close()
 
     waiting = eventlet.spawn(second_consumer)
     eventlet.sleep(0.2)  # it has taken its snapshot and waits for the lock
-    store.apply_events(first, log.events[1:3], tracked)  # position 2 is another message to user 1
+    apply_events(first, log.events[1:3], tracked)  # position 2 is another message to user 1
     first.commit()
     first.close()
     tracked, rows = waiting.wait()
@@ -275,8 +298,8 @@ def _read_then_fold(engine, events):
     from kernel.db import autocommit_engine_for
 
     connection = autocommit_engine_for(engine).connect()
-    tracked, version, rows = store.read_current(connection, [k for e in events for k in keys_of(e)])
-    position, changed = store.fold(events, tracked, rows)
+    tracked, version, rows = pg.read_current(connection, [k for e in events for k in keys_of(e)])
+    position, changed = projector.fold(events, tracked, rows, apply)
     return connection, changed, position, version
 
 
@@ -284,24 +307,24 @@ def test_a_write_is_refused_once_the_tracking_row_has_moved(notifications_db, no
     _postgres_only(notifications_db_url)
     log = Log(make_log(SPEC))
     Projector(notifications_db, log.feed).handle(log.events[0])  # user 1 has 1 unread
-    engine = notifications_db.kw["bind"]
+    engine = notifications_db.engine
     connection, changed, position, version = _read_then_fold(engine, [log.events[1]])
     Projector(notifications_db, log.feed).handle(log.events[1])  # another consumer, first
-    assert store.save_if_current(connection, changed, position, version) is False
+    assert pg.save_if_current(connection, changed, position, version) is False
     assert live_rows(notifications_db) == (fold(log.events[:2]), 2)  # not counted twice
 
     # The replay's swap may leave the position as it was: the version still changes.
     connection, changed, position, version = _read_then_fold(engine, [log.events[2]])
-    session = notifications_db()
-    store.tracked_position(session, lock=True)
-    session.execute(update(Tracking).where(Tracking.projection == PROJECTION).values(position=2))
-    session.commit()
-    session.close()
-    assert store.save_if_current(connection, changed, position, version) is False
-    assert store.save_if_current(connection, {}, 2, version) is False
+    store = notifications_db()
+    store.tracked(lock=True)
+    store.session.execute(update(Tracking).where(Tracking.projection == PROJECTION).values(position=2))
+    store.commit()
+    store.close()
+    assert pg.save_if_current(connection, changed, position, version) is False
+    assert pg.save_if_current(connection, {}, 2, version) is False
     assert live_rows(notifications_db) == (fold(log.events[:2]), 2)
     connection, changed, position, version = _read_then_fold(engine, [log.events[2]])
-    assert store.save_if_current(connection, changed, position, version) is True
+    assert pg.save_if_current(connection, changed, position, version) is True
     assert live_rows(notifications_db) == (fold(log.events[:3]), 3)
     connection.close()
 
@@ -312,11 +335,11 @@ def test_a_write_that_waited_for_the_row_lock_is_refused_if_the_holder_moved_it(
     _postgres_only(notifications_db_url)
     log = Log(make_log(SPEC))
     Projector(notifications_db, log.feed).handle(log.events[0])
-    connection, changed, position, version = _read_then_fold(notifications_db.kw["bind"], [log.events[1]])
+    connection, changed, position, version = _read_then_fold(notifications_db.engine, [log.events[1]])
     holder = notifications_db()
-    tracked, rows = store.lock_and_load(holder, [(1, UNREAD_MESSAGE_COUNT)])
-    store.apply_events(holder, log.events[1:3], tracked, rows=rows)
-    waiting = eventlet.spawn(store.save_if_current, connection, changed, position, version)
+    tracked, rows = holder.lock_and_load([(1, UNREAD_MESSAGE_COUNT)])
+    apply_events(holder, log.events[1:3], tracked, rows=rows)
+    waiting = eventlet.spawn(pg.save_if_current, connection, changed, position, version)
     eventlet.sleep(0.2)
     assert not waiting.dead  # it waits for the lock
     holder.commit()
@@ -331,7 +354,7 @@ def test_a_consumer_that_lost_the_race_reads_again_and_applies_the_rest(notifica
     _postgres_only(notifications_db_url)
     log = Log(make_log(SPEC))
     other = Projector(notifications_db, log.feed)  # another instance: its own turn
-    real_save, attempts, racing = store.save_if_current, [], []
+    real_save, attempts, racing = PostgresNotifications.save_if_current, [], []
 
     def racing_save(*args, **kwargs):
         if racing:  # the other instance's own writes
@@ -344,7 +367,7 @@ def test_a_consumer_that_lost_the_race_reads_again_and_applies_the_rest(notifica
             racing.clear()
         return real_save(*args, **kwargs)
 
-    monkeypatch.setattr(store, "save_if_current", racing_save)
+    monkeypatch.setattr(PostgresNotifications, "save_if_current", racing_save)
     turn = Turn(eventlet.semaphore.Semaphore())
     with turn.lock:
         workers = [eventlet.spawn(Projector(notifications_db, log.feed, turn=turn).handle, e) for e in log.events[:5]]
@@ -391,9 +414,9 @@ def test_two_consumers_at_once_apply_each_event_once(notifications_db):
     assert live_rows(notifications_db) == (fold(log.events), len(spec))
 
 
-def _counting_writes(make_session, monkeypatch, fail_first: int = 0):
-    """``make_session`` whose sessions record each commit, with PostgreSQL's one-statement
-    write (``store.save_if_current``, in autocommit) recorded the same way; the first
+def _counting_writes(open_store, monkeypatch, fail_first: int = 0):
+    """``open_store`` whose stores record each commit, with PostgreSQL's one-statement
+    write (``save_if_current``, in autocommit) recorded the same way; the first
     ``fail_first`` of them fail."""
     writes, failures = [], [fail_first]
 
@@ -407,12 +430,12 @@ def _counting_writes(make_session, monkeypatch, fail_first: int = 0):
             return result
         return wrapped
 
-    monkeypatch.setattr(store, "save_if_current", recorded(store.save_if_current))
+    monkeypatch.setattr(PostgresNotifications, "save_if_current", recorded(PostgresNotifications.save_if_current))
 
     def make():
-        session = make_session()
-        session.commit = recorded(session.commit)
-        return session
+        store = open_store()
+        store.commit = recorded(store.commit)
+        return store
 
     return make, writes
 
@@ -445,8 +468,8 @@ def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(
             return result
         return slow_read
 
-    monkeypatch.setattr(store, "lock_and_load", slowly(store.lock_and_load))  # SQLite
-    monkeypatch.setattr(store, "read_current", slowly(store.read_current))  # PostgreSQL
+    monkeypatch.setattr(storage.Notifications, "lock_and_load", slowly(storage.Notifications.lock_and_load))  # SQLite
+    monkeypatch.setattr(PostgresNotifications, "read_current", slowly(PostgresNotifications.read_current))  # PostgreSQL
     turn = Turn(eventlet.semaphore.Semaphore())
     workers = []
     for event in log.events:
@@ -481,13 +504,13 @@ def test_since_returns_newer_rows_oldest_first(notifications_db):
     projector = Projector(notifications_db, log.feed)
     for event in log.events:
         projector.handle(event)
-    session = notifications_db()
-    everything = store.since(session, 1, 0.0)
+    store = notifications_db()
+    everything = store.since(1, 0.0)
     assert [(n["name"], n["data"]) for n in everything] == [(UNREAD_MESSAGE_COUNT, 2)]
-    assert store.since(session, 1, everything[-1]["timestamp"]) == []
-    assert store.since(session, 2, 0.0)[0]["data"] == 1
-    assert store.since(session, 99, 0.0) == []
-    session.close()
+    assert store.since(1, everything[-1]["timestamp"]) == []
+    assert store.since(2, 0.0)[0]["data"] == 1
+    assert store.since(99, 0.0) == []
+    store.close()
 
 
 def test_rebuild_swaps_in_exactly_the_replay_including_events_that_arrive_meanwhile(notifications_db):
@@ -499,10 +522,10 @@ def test_rebuild_swaps_in_exactly_the_replay_including_events_that_arrive_meanwh
     for event in log.events[:30]:
         projector.handle(event)
     # damage the live rows: the rebuild must not care what they were
-    session = notifications_db()
-    session.execute(store.LIVE.update().values(payload_json="999"))
-    session.commit()
-    session.close()
+    store = notifications_db()
+    store.session.execute(storage.LIVE.update().values(payload_json="999"))
+    store.commit()
+    store.close()
 
     seen = []
 
@@ -529,10 +552,10 @@ def test_verify_reports_each_kind_of_difference(notifications_db):
         projector.handle(event)
     counts = {str(u): unread_by_definition(log.events, u) for u in USERS}
     assert differences(notifications_db, log.feed, lambda users: counts) == []
-    session = notifications_db()
-    session.execute(store.LIVE.update().where(store.LIVE.c.user_id == 1).values(payload_json="7"))
-    session.commit()
-    session.close()
+    store = notifications_db()
+    store.session.execute(storage.LIVE.update().where(storage.LIVE.c.user_id == 1).values(payload_json="7"))
+    store.commit()
+    store.close()
     problems = differences(notifications_db, log.feed, lambda users: counts)
     assert any("user 1 unread_message_count: live 7" in p for p in problems)
     assert any("notifications 7, messages" in p for p in problems)

@@ -1,10 +1,19 @@
-"""Keeps the projection current: applies events from the broker exactly once in effect,
-and fills any gap from the messages feed.
+"""The tracking projector: keeps a projection current from a feed of events, applying each
+exactly once in effect, and rebuilds it from the feed beside the live rows.
+
+A projection gives a pure ``apply(rows, event) -> changed rows`` and ``keys_of(event)``
+(the rows ``apply`` reads), and a recorder (its storage: ``kernel.db.Recorder``) with:
+
+* ``tracked()``: the last applied position;
+* ``record(keys, step)``: read the tracked position and the rows of ``keys``, call
+  ``step(tracked, rows) -> (position, changed rows)`` (pure; called again if another
+  consumer moved the tracking row meanwhile), and commit the changed rows with the tracking
+  row moved to ``position``, atomically and only if it is still at ``tracked``; returns
+  ``(tracked, rows, changed)`` of the step that committed;
+* ``build_beside(rows)`` and ``swap_in(changed, position)`` for ``rebuild``.
 
 The broker is the fast wake-up; the feed is what makes it correct. Every change commits
-with the tracking row (the last applied position), and only if that row is as it was
-read: on PostgreSQL a delivery's write checks the row's version (``store.read_current``),
-otherwise the row is read under its lock:
+with the tracking row, and only if that row is as it was read:
 
 * an event at or below the tracked position is a duplicate: acknowledged, no effect;
 * the next expected event is applied;
@@ -18,13 +27,12 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
-from kernel.db import Outage, autocommit_engine_for, is_database_unavailable
+from kernel.db import Outage, is_database_unavailable
 from kernel.errors import DependencyUnavailable
 from kernel.events import Event
-from services.notifications import store
-from services.notifications.projection import keys_of
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,30 @@ FEED_BATCH = 1000
 GAP_WAITS = (0.002, 0.004, 0.008, 0.016, 0.032)
 
 Feed = Callable[[int, int], list[dict]]  # (after position, limit) -> event payloads
+
+
+class Gap(Exception):
+    """An event arrived past the next expected position: the ones between are missing."""
+
+    def __init__(self, tracked: int, position: int):
+        super().__init__(f"expected position {tracked + 1}, got {position}")
+        self.tracked = tracked
+
+
+def fold(events: list[Event], tracked: int, rows: dict, apply: Callable) -> tuple[int, dict]:
+    """Apply a contiguous run of events after ``tracked`` to the current ``rows`` (which it
+    does not modify): the new position and the rows that changed. A hole raises ``Gap``."""
+    current = dict(rows)
+    changed: dict = {}
+    position = tracked
+    for event in events:
+        if event.position != position + 1:
+            raise Gap(position, event.position)
+        change = apply(current, event)
+        current.update(change)
+        changed.update(change)
+        position = event.position
+    return position, changed
 
 
 class Turn:
@@ -52,14 +84,28 @@ class Turn:
 
 
 class Projector:
-    def __init__(self, make_session: Callable, feed: Feed, turn: Turn | None = None,
+    """``open_store()`` gives a recorder (closed after use); ``projection`` has ``apply``
+    and ``keys_of``; ``announce(rows)`` is told of the rows each commit changed, after it."""
+
+    def __init__(self, open_store: Callable, feed: Feed, projection, turn: Turn | None = None,
                  announce: Callable | None = None, gap_waits: tuple[float, ...] = GAP_WAITS):
-        self.make_session = make_session
-        self.gap_waits = gap_waits
+        self.open_store = open_store
         self.feed = feed
+        self.projection = projection
         self.turn = turn if turn is not None else Turn()
-        # Told of the rows each commit changed, after the commit (see service.py).
         self.announce = announce or (lambda rows: None)
+        self.gap_waits = gap_waits
+
+    @contextlib.contextmanager
+    def _store(self):
+        store = self.open_store()
+        try:
+            yield store
+        except BaseException:
+            store.rollback()
+            raise
+        finally:
+            store.close()
 
     def _read_feed(self, after: int, up_to: int | None = None) -> list[Event]:
         events: list[Event] = []
@@ -83,16 +129,9 @@ class Projector:
         tracked, batch = self._commit_run({event.position: event for event in events}, changes)
         reached = tracked + len(batch)
         if events and reached < events[-1].position:  # the run has a hole, or starts past the tracked position
-            raise store.Gap(reached, min(e.position for e in events if e.position > reached))
+            raise Gap(reached, min(e.position for e in events if e.position > reached))
         announced.extend(changes)
         return len(batch)
-
-    def _tracked(self) -> int:
-        session = self.make_session()
-        try:
-            return store.tracked_position(session)
-        finally:
-            session.close()
 
     def handle(self, event: Event) -> int:
         """Apply ``event`` (and whatever precedes it that is missing); returns how many
@@ -114,7 +153,7 @@ class Projector:
         the other instance. Reading the feed for every such gap (one RPC each, in the turn)
         made two instances at 100 events/s fall up to 2 s behind. The feed is read outside
         any transaction, so no database lock (or SQLite's one connection) is held while
-        waiting for the messages service.
+        waiting for the feed's service.
         """
         self.turn.pending[event.position] = event
         applied = 0
@@ -139,9 +178,8 @@ class Projector:
             return 0  # a batch of another caller's committed it
         # The batch comes from what is pending now: deliveries that arrive while the
         # database answers touch rows this read does not cover; the next batch has them.
-        candidates = dict(pending)
         changes: list = []
-        tracked, batch = self._commit_run(candidates, changes)
+        tracked, batch = self._commit_run(dict(pending), changes)
         for position in [p for p in pending if p <= tracked]:
             del pending[position]  # committed earlier (here, by the feed or elsewhere)
         for done in batch:
@@ -151,7 +189,7 @@ class Projector:
         if event.position not in pending or not read_feed:
             return len(batch)
         tracked += len(batch)
-        logger.info("notifications: gap after %s (got %s); reading the feed", tracked, event.position)
+        logger.info("projector: gap after %s (got %s); reading the feed", tracked, event.position)
         applied = self._apply(self._read_feed(tracked, up_to=event.position), announced)
         pending.pop(event.position, None)
         self.turn.applied_from_deliveries += applied
@@ -160,39 +198,24 @@ class Projector:
     def _commit_run(self, candidates: dict[int, Event], changes: list) -> tuple[int, list[Event]]:
         """Commit the run of ``candidates`` that follows the tracked position. Returns the
         tracked position it followed and the run (empty if the next event is not among
-        them); the rows written are added to ``changes``."""
-        keys = [k for e in candidates.values() for k in keys_of(e)]
-        session = self.make_session()
-        try:
-            engine = session.get_bind()
-            if store.is_postgres(engine):
-                # Optimistic: read without a lock, write if nobody moved the tracking row
-                # meanwhile (store.read_current); if somebody did, read again.
-                with autocommit_engine_for(engine).connect() as connection:
-                    while (current := store.read_current(connection, keys)) is not None:
-                        tracked, version, rows = current
-                        batch = _run_after(tracked, candidates)
-                        if not batch:
-                            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
-                            return tracked, []
-                        position, changed = store.fold(batch, tracked, rows)
-                        if store.save_if_current(connection, changed, position, version):
-                            changes.extend(changed.values())
-                            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
-                            return tracked, batch
-            # SQLite (one writer: BEGIN IMMEDIATE), or no tracking row yet.
-            tracked, rows = store.lock_and_load(session, keys)
-            batch = _run_after(tracked, candidates)
-            if batch:
-                store.apply_events(session, batch, tracked, changes=changes, rows=rows)
-                session.commit()
-            changes.extend(_rows_of_repeats(candidates, tracked, rows, changes))
-            return tracked, batch
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        them); the rows written, and the current rows of events delivered again, are added
+        to ``changes``."""
+        keys = [k for e in candidates.values() for k in self.projection.keys_of(e)]
+
+        def step(tracked: int, rows: dict) -> tuple[int, dict]:
+            return fold(_run_after(tracked, candidates), tracked, rows, self.projection.apply)
+
+        with self._store() as store:
+            tracked, rows, changed = store.record(keys, step)
+        changes.extend(changed.values())
+        # The current rows of events delivered again (at or below the tracked position), to
+        # announce again: a process killed after its commit and before its announce gets
+        # its event back unacknowledged, and without this the gateways' open streams would
+        # not hear of that change until the user's next one. A row announced twice is
+        # harmless (a gateway writes a row only if it is newer than what a stream has).
+        repeats = {k for p, e in candidates.items() if p <= tracked for k in self.projection.keys_of(e)}
+        changes.extend(rows[k] for k in repeats if k in rows and k not in changed)
+        return tracked, _run_after(tracked, candidates)
 
     def catch_up(self) -> int:
         """Apply what the feed has past the tracked position, batch by batch, until a batch
@@ -203,7 +226,9 @@ class Projector:
         while True:
             announced: list = []
             with self.turn.lock:
-                events = self._read_feed(self._tracked())
+                with self._store() as store:
+                    tracked = store.tracked()
+                events = self._read_feed(tracked)
                 if events:
                     applied += self._apply(events, announced)
             if announced:
@@ -221,15 +246,24 @@ class Projector:
         return self.catch_up()
 
 
+def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:
+    """The consecutive events from position ``tracked + 1`` on."""
+    run: list[Event] = []
+    while tracked + 1 + len(run) in events:
+        run.append(events[tracked + 1 + len(run)])
+    return run
+
+
 class Backoff:
     """How deliveries and the feed check retry while the projection's database, or the
-    messages feed, does not answer: each attempt first waits until that outage's next
-    attempt is due (shared by the whole process, so ten deliveries retry together a few
-    times per ``Outage.cap`` seconds, not in a hot loop; a delivery waits before it takes a
-    worker, see ``service.ProjectedEventHandler``), and a failure is reported to its
-    ``Outage`` (one log line per outage) before the caller lets the event be redelivered.
-    Nothing is lost meanwhile: the broker keeps the events, and the tracking row (applied
-    only with the rows it covers) and the feed catch-up apply each exactly once after."""
+    feed, does not answer: each attempt first waits until that outage's next attempt is
+    due (shared by the whole process, so ten deliveries retry together a few times per
+    ``Outage.cap`` seconds, not in a hot loop; a delivery waits before it takes a worker,
+    see ``services.notifications.service.ProjectedEventHandler``), and a failure is reported
+    to its ``Outage`` (one log line per outage) before the caller lets the event be
+    redelivered. Nothing is lost meanwhile: the broker keeps the events, and the tracking
+    row (applied only with the rows it covers) and the feed catch-up apply each exactly
+    once after."""
 
     # Any other failure (a bug, data this code cannot apply) is not an outage, but its
     # event comes back at once (requeue_on_error): retries of it back off too, doubling
@@ -247,8 +281,8 @@ class Backoff:
         self._released = threading.Event()  # green under eventlet's monkey patching
 
     def outage_of(self, exc: BaseException) -> Outage | None:
-        """Which outage ``exc`` reports: the projection's own database, the feed (the
-        messages service unavailable, or its database), or neither (a real bug: raise)."""
+        """Which outage ``exc`` reports: the projection's own database, the feed (its
+        service unavailable, or that service's database), or neither (a real bug: raise)."""
         if isinstance(exc, DependencyUnavailable):  # from the feed RPC, DatabaseUnavailable included
             return self.feed
         if is_database_unavailable(exc):
@@ -294,20 +328,60 @@ class Backoff:
         self._released.set()
 
 
-def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:
-    """The consecutive events from position ``tracked + 1`` on."""
-    run: list[Event] = []
-    while tracked + 1 + len(run) in events:
-        run.append(events[tracked + 1 + len(run)])
-    return run
+# --- Replay ---------------------------------------------------------------------------
+#
+# A projection is rebuilt beside the live rows: folded in memory with the same ``apply``
+# as live processing, written beside the live table, and swapped in by one transaction
+# that holds the tracking row (so the live consumer pauses for the swap only), applies
+# whatever the log gained meanwhile, and replaces the live rows.
 
 
-def _rows_of_repeats(candidates: dict[int, Event], tracked: int, rows: dict, changes: list) -> list:
-    """The current rows of events delivered again (at or below ``tracked``), for the
-    caller to announce again. A process killed after its commit and before its announce
-    gets its event back unacknowledged: without this the gateways' open streams would not
-    hear of that change until the user's next one. Announcing a row twice is harmless
-    (a gateway writes a row only if it is newer than what a stream has)."""
-    done = {row.key for row in changes}
-    keys = {key for position, event in candidates.items() if position <= tracked for key in keys_of(event)}
-    return [rows[key] for key in keys if key in rows and key not in done]
+def batches(feed: Feed, after: int = 0, size: int = FEED_BATCH) -> Iterator[list[dict]]:
+    """The feed's payloads after ``after``, batch by batch until an empty one; the next
+    batch is asked for (on a thread: ``feed`` must be thread-safe) while the caller works
+    on the current one."""
+    with ThreadPoolExecutor(1) as ahead:
+        batch = feed(after, size)
+        while batch:
+            following = ahead.submit(feed, batch[-1]["position"], size)
+            time.sleep(0)  # under eventlet (green threads) this sends the request before the caller works
+            yield batch
+            batch = following.result()
+
+
+def replay(feed: Feed, apply: Callable, progress: Callable[[int], None] | None = None, after: int = 0,
+           rows: dict | None = None) -> tuple[dict, int]:
+    """Fold everything the feed has after ``after`` into ``rows``; returns (rows, position)."""
+    rows = {} if rows is None else rows
+    position = after
+    for payloads in batches(feed, after):
+        for payload in payloads:
+            event = Event.from_dict(payload)
+            if event.position != position + 1:
+                raise Gap(position, event.position)
+            rows.update(apply(rows, event))
+            position = event.position
+        if progress:
+            progress(position)
+    return rows, position
+
+
+def rebuild(open_store: Callable, feed: Feed, apply: Callable, progress: Callable[[int], None] | None = None) -> int:
+    """Replay the whole feed into a new projection and swap it in; returns its position."""
+    rows, position = replay(feed, apply, progress)
+    store = open_store()
+    try:
+        store.build_beside(rows)
+        store.tracked(lock=True)  # the swap: the live consumer waits on the tracking row while we finish
+        changed: dict = {}
+        while events := [Event.from_dict(p) for p in feed(position, FEED_BATCH)]:
+            position, change = fold(events, position, rows, apply)
+            rows.update(change)
+            changed.update(change)
+        store.swap_in(changed, position)
+        return position
+    except BaseException:
+        store.rollback()
+        raise
+    finally:
+        store.close()
