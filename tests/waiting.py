@@ -29,5 +29,6 @@ def wait_until(predicate, timeout=10.0, interval=0.01, message=None, ignore=()):
                 return value
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"{message or 'condition not met'} (waited {timeout} s; last seen: {value!r})")
+            text = message() if callable(message) else message
+            raise AssertionError(f"{text or 'condition not met'} (waited {timeout} s; last seen: {value!r})")
         time.sleep(min(interval, remaining))

@@ -37,3 +37,9 @@ def test_ignored_exceptions_mean_not_yet_and_others_propagate():
         wait_until(lambda: flaky() and refused(), timeout=0.05, ignore=(ConnectionError,))
     with pytest.raises(ZeroDivisionError):
         wait_until(lambda: 1 / 0, ignore=(ConnectionError,))
+
+
+def test_the_message_may_be_computed_when_the_wait_fails():
+    seen = []
+    with pytest.raises(AssertionError, match="log says: boom"):
+        wait_until(lambda: seen.append(1), timeout=0.05, message=lambda: f"log says: boom after {len(seen)} checks")
