@@ -9,7 +9,6 @@ of making it again.
 """
 import re
 import subprocess
-import time
 
 import eventlet
 import pytest
