@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from urllib.parse import urlsplit
 
 AMQP_URI = os.environ.get("RABBIT_AMQP_URI") or "pyamqp://guest:guest@localhost:5672/"
@@ -41,13 +40,13 @@ def reachable(url: str, default_port: int) -> bool:
 
 
 def wait_for(url: str, default_port: int, seconds: float) -> bool:
-    """A bounded wait for a port that a command has just been asked to open."""
-    deadline = time.monotonic() + seconds
-    while not reachable(url, default_port):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
+    """Whether the port that a command has just been asked to open opens within ``seconds``."""
+    from tests.waiting import wait_until
+
+    try:
+        return wait_until(lambda: reachable(url, default_port), timeout=seconds, interval=0.5)
+    except AssertionError:
+        return False
 
 
 def say(lines, stream=sys.stderr):

@@ -234,7 +234,7 @@ class Napper:
         import eventlet
 
         NAPS.append(seconds)
-        eventlet.sleep(seconds)
+        eventlet.sleep(seconds)  # not a wait: the nap is the work under test
         return seconds
 
 
