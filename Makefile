@@ -5,13 +5,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 TRANSLATIONS := gateway/translations
 
-.PHONY: run test bench install translations babel-extract babel-update babel-compile lock clean
+.PHONY: run test test-embedded bench install translations babel-extract babel-update babel-compile lock clean
 
 run: install translations
 	$(BIN)/microblog run
 
+# The whole suite. tests/preflight.py first makes sure RabbitMQ (with its management API) and
+# PostgreSQL are there (it enables the management plugin when it can), or stops and says what to run.
 test: install translations
+	$(BIN)/python -m tests.preflight
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Only the tests that need neither RabbitMQ nor PostgreSQL: the others are deselected on purpose.
+test-embedded: install translations
+	$(BIN)/pytest -m "not real" $(PYTEST_ARGS)
 
 # Benchmarks print figures (they need RabbitMQ with its management API, and PostgreSQL).
 bench: install

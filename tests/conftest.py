@@ -1,7 +1,11 @@
 """Test fixtures shared by every level.
 
-Real RabbitMQ and PostgreSQL: used when reachable. Under CI (``MICROBLOG_REQUIRE_REAL=1``,
-set by .ci/run) their absence fails the run instead of skipping those tests.
+Real RabbitMQ (with its management API, which nameko's ``rabbit_config`` uses to make a
+vhost per test) and PostgreSQL: every test that needs them is marked ``real``
+(automatically, below), so ``-m "not real"`` selects the rest on purpose. ``make test``
+checks for the servers first (tests/preflight.py) and stops with what to run when one is
+missing; under CI (``MICROBLOG_REQUIRE_REAL=1``, set by .ci/run) their absence fails each
+test; elsewhere such tests are skipped, with the reason in the summary and a banner.
 """
 import eventlet
 
@@ -33,6 +37,52 @@ def _reachable(url: str, default_port: int) -> bool:
 
 def pytest_addoption(parser):
     parser.addoption("--no-real", action="store_true", help="skip tests that need RabbitMQ and PostgreSQL")
+
+
+# Nameko's --rabbit-amqp-uri / --rabbit-api-uri may also come from the environment (as for
+# tests/preflight.py), so `RABBIT_API_URI=... make test` reaches both.
+_URI_DEFAULTS = {"RABBIT_AMQP_URI": "pyamqp://guest:guest@localhost:5672/", "RABBIT_API_URI": "http://guest:guest@localhost:15672"}
+
+
+def pytest_configure(config):
+    for option, default in _URI_DEFAULTS.items():
+        if os.environ.get(option) and config.getoption(option) == default:
+            setattr(config.option, option, os.environ[option])
+
+
+# Parametrised fixtures whose value picks the real servers (the fixture then asks for
+# ``real_infra`` itself, so it is not in the test's static fixture closure).
+REAL_PARAMS = {"postgres", "real"}
+
+
+def _needs_real(item) -> bool:
+    if "real_infra" in item.fixturenames:
+        return True
+    callspec = getattr(item, "callspec", None)
+    fixtures = item._fixtureinfo.name2fixturedefs
+    return callspec is not None and any(
+        isinstance(value, str) and value in REAL_PARAMS for name, value in callspec.params.items() if name in fixtures
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _needs_real(item):
+            item.add_marker(pytest.mark.real)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = [report for report in terminalreporter.stats.get("skipped", []) if "real" in report.keywords]
+    if not skipped:
+        return
+    reasons = sorted({str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+                      for report in skipped})
+    terminalreporter.write_sep("!", f"{len(skipped)} TESTS THAT NEED RABBITMQ/POSTGRESQL WERE SKIPPED", red=True, bold=True)
+    for reason in reasons:
+        terminalreporter.write_line(f"  {reason.removeprefix('Skipped: ')}", red=True)
+    terminalreporter.write_line("  `make test` sets up what it can and says what to run; "
+                                "`make test-embedded` runs only the other tests, on purpose.", red=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,13 @@ Not part of the product: it needs a venv with ``eventsourcing==9.5.6`` and
     python3 -m venv /tmp/spike-venv
     grep -vi '^sqlalchemy==' requirements.lock > /tmp/spike-req.txt
     /tmp/spike-venv/bin/pip install -r /tmp/spike-req.txt eventsourcing==9.5.6 eventsourcing-sqlalchemy==1.0.1
-    PYTHONPATH=. /tmp/spike-venv/bin/python bench/spikes/eventsourcing_spike.py
+    git worktree add /tmp/spike-at-dc78f41 dc78f41   # "ours" is the code as it was measured
+    cp bench/spikes/eventsourcing_spike.py /tmp/spike-at-dc78f41/bench/
+    cd /tmp/spike-at-dc78f41 && PYTHONPATH=. /tmp/spike-venv/bin/python bench/eventsourcing_spike.py
+
+"Ours" here is the log as it was before it moved to ``kernel/eventlog.py`` (commit dc78f41:
+``services/messages/log.py``, ``inbox.py``, ``services/notifications/store.py``); the
+statements it measures are the ones ``kernel.eventlog`` and the recorders run today.
 
 It creates a throw-away database, and measures:
 

@@ -7,13 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.helpers import http_send_form, http_sign_in
+from tests.waiting import wait_until
 from tests.system.test_commands import MICROBLOG, free_port, start, stop
 
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -69,26 +69,19 @@ class Cluster:
         return self
 
     def wait_healthy(self, name: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def healthy() -> bool:
             process = self.processes[name]
             if process.poll() is not None:
                 pytest.fail(f"{name} exited ({process.returncode}):\n{self.log_of(name).read_text()[-4000:]}")
             if is_gateway(name):
-                try:
-                    if requests.get(self.base_of(name) + "/healthz", timeout=2).status_code == 200:
-                        return
-                except requests.RequestException:
-                    pass
-            else:
-                result = subprocess.run([MICROBLOG, "health", name, "--timeout", "2"],
-                                        env={**os.environ, "PYTHONWARNINGS": "ignore", **self.env_of(name)},
-                                        capture_output=True, text=True, timeout=30)
-                if result.returncode == 0:
-                    return
-            if time.monotonic() > deadline:
-                pytest.fail(f"{name} never became healthy:\n{self.log_of(name).read_text()[-4000:]}")
-            time.sleep(0.3)
+                return requests.get(self.base_of(name) + "/healthz", timeout=2).status_code == 200
+            result = subprocess.run([MICROBLOG, "health", name, "--timeout", "2"],
+                                    env={**os.environ, "PYTHONWARNINGS": "ignore", **self.env_of(name)},
+                                    capture_output=True, text=True, timeout=30)
+            return result.returncode == 0
+
+        wait_until(healthy, timeout=timeout, interval=0.3, ignore=(requests.RequestException,),
+                   message=lambda: f"{name} never became healthy:\n{self.log_of(name).read_text()[-4000:]}")
 
     def kill9(self, name: str) -> None:
         process = self.processes[name]
@@ -124,17 +117,14 @@ class Cluster:
         return next((row["data"] for row in rows if row["name"] == "unread_message_count"), 0)
 
     def wait_for_unread(self, session: requests.Session, expected: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        count = None
-        while time.monotonic() < deadline:
-            try:
-                count = self.unread(session)
-            except (requests.RequestException, ValueError):
-                count = None
-            if count == expected:
-                return
-            time.sleep(0.2)
-        pytest.fail(f"unread count stayed {count}, expected {expected}")
+        counts = [None]
+
+        def reached() -> bool:
+            counts.append(self.unread(session))
+            return counts[-1] == expected
+
+        wait_until(reached, timeout=timeout, interval=0.2, ignore=(requests.RequestException, ValueError),
+                   message=lambda: f"unread count stayed {counts[-1]}, expected {expected}")
 
 
 def is_gateway(name: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 
 
 class TcpProxy:
@@ -29,6 +28,7 @@ class TcpProxy:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stalled = {"up": threading.Event(), "down": threading.Event()}
+        self._flow = threading.Condition()  # notified when a stall ends or connections are cut
         self._marker: bytes | None = None
         self._generation = 0
         self.accepted = 0
@@ -71,17 +71,26 @@ class TcpProxy:
                 self._connections.update((client, upstream))
             held = threading.Event()  # this connection's answers are held (hold_answers_after)
             for source, sink, direction in ((client, upstream, "up"), (upstream, client, "down")):
-                threading.Thread(target=self._pipe, args=(source, sink, direction, held), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(source, sink, direction, held, generation),
+                                 daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str, held: threading.Event) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, direction: str, held: threading.Event,
+              generation: int) -> None:
         stalled = self._stalled[direction]
+
+        def blocked() -> bool:
+            return stalled.is_set() or (direction == "down" and held.is_set())
+
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                while stalled.is_set() or (direction == "down" and held.is_set()):
-                    time.sleep(0.01)
+                if blocked():  # hold the bytes until the stall ends, or drop them with the connection
+                    with self._flow:
+                        self._flow.wait_for(lambda: not blocked() or generation != self._generation)
+                    if generation != self._generation:
+                        break
                 sink.sendall(data)
                 if direction == "up" and self._marker is not None and self._marker in data:
                     held.set()
@@ -113,20 +122,17 @@ class TcpProxy:
         for sock in connections:
             self._close(sock, reset=True)
         self._unstall()
+        self._notify()
 
     def restore(self) -> None:
         """Accept connections again, on the same port."""
         self._unstall()
         if self._listener is None:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    self.start()
-                    return
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            from tests.waiting import wait_until
+
+            # The port can take a moment to be free again after the cut closed it.
+            wait_until(self.start, timeout=10, interval=0.1, ignore=(OSError,),
+                       message=f"port {self.port} did not become free to listen on again")
 
     def stall(self, direction: str = "both") -> None:
         """Keep connections open but pass nothing: a peer that hangs rather than refuses.
@@ -148,6 +154,11 @@ class TcpProxy:
         self._marker = None
         for event in self._stalled.values():
             event.clear()
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._flow:
+            self._flow.notify_all()
 
     def stop(self) -> None:
         self.cut()

@@ -17,6 +17,7 @@ import requests
 from kernel.rpc import ClusterRpcProxy, rpc
 from tests.fault.cluster import Cluster
 from tests.fault.proxy import TcpProxy
+from tests.waiting import wait_until
 
 CUT_SECONDS = 12
 FAST_FAIL_BOUND = 2.0  # seconds for a 503 while the broker is unreachable (measured: under 0.2 s; it was 2-20 s)
@@ -92,7 +93,7 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         def hammer(session, path):
             while not stop.is_set():
                 record(path, _timed_get, cluster, session, path)
-                time.sleep(0.02)
+                time.sleep(0.02)  # pacing, not a wait: a busy reader
 
         def send_back_to_back():
             for k, form in enumerate(sender_forms):
@@ -100,7 +101,7 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
                     return
                 body = f"outage-around-{k}-{tag}"
                 outcomes[body] = record("send", _post_send, cluster, sender, form, body)
-                time.sleep(0.1)
+                time.sleep(0.1)  # pacing, not a wait: sends back to back
 
         # Busy readers and a sender around the cut, so that requests, replies and events
         # are in flight when it happens.
@@ -109,7 +110,8 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         threads.append(threading.Thread(target=send_back_to_back, daemon=True))
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: sum(what == "send" for _, what, _, _ in requests_made) >= 3 and len(requests_made) >= 10,
+                   message="the readers and the sender did not get going before the cut")
 
         # During: every request answers 503, fast.
         broker.cut()
@@ -121,7 +123,7 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
             outcomes[body] = record("send", _post_send, cluster, susan, form, body)
             record("poll", _poll, cluster, john)
             record("page", _timed_get, cluster, john, "/index")
-            time.sleep(0.4)
+            time.sleep(0.4)  # pacing, not a wait: requests spread over the CUT_SECONDS the cut is held
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
@@ -138,44 +140,44 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         print(f"before the cut: {len(around)} requests, statuses {sorted({(w, s) for w, s, _ in around})}")
 
         # After: sends succeed again (each attempt on a fresh form), polls answer.
-        recovered = None
-        j = 0
-        while time.monotonic() - restored_at < RECOVERY_BOUND:
-            body = f"outage-after-{j}-{tag}"
-            try:
-                form = cluster.send_form(susan, "john")
-            except AssertionError:
-                time.sleep(0.5)
-                continue
+        attempts = [0]
+
+        def a_send_succeeds() -> bool:
+            form = cluster.send_form(susan, "john")  # AssertionError while its page answers 503
+            body = f"outage-after-{attempts[0]}-{tag}"
+            attempts[0] += 1
             outcomes[body], _ = _post_send(cluster, susan, form, body)
-            j += 1
-            if outcomes[body] == 302:
-                recovered = time.monotonic() - restored_at
-                break
-            time.sleep(0.5)
-        assert recovered is not None, (f"no send succeeded within {RECOVERY_BOUND}s of the restore "
-                                       f"(exited: {cluster.dead()}): {outcomes}")
+            return outcomes[body] == 302
+
+        wait_until(a_send_succeeds, timeout=RECOVERY_BOUND - (time.monotonic() - restored_at), interval=0.5,
+                   ignore=(AssertionError,), message=lambda: f"no send succeeded within {RECOVERY_BOUND}s of the "
+                   f"restore (exited: {cluster.dead()}): {outcomes}")
+        recovered = time.monotonic() - restored_at
         assert cluster.dead() == []
         for k in range(2):
-            body = f"outage-after-{j + k}-{tag}"
+            body = f"outage-after-{attempts[0] + k}-{tag}"
             outcomes[body], _ = _post_send(cluster, susan, cluster.send_form(susan, "john"), body)
             assert outcomes[body] == 302
         print(f"first successful send {recovered:.1f}s after the restore")
 
         # Converged: the badge counts what the inbox holds, each acknowledged send once.
         acknowledged = {body for body, status in outcomes.items() if status == 302}
-        deadline = time.monotonic() + 30
-        unread, stable_since = None, time.monotonic()
-        while time.monotonic() < deadline:
+        badge = {"unread": None, "since": time.monotonic()}
+
+        def badge_settled() -> bool:
+            """At least every acknowledged send, and no change for 3 s: late duplicates would show."""
             try:
                 now = cluster.unread(john)
             except (requests.RequestException, ValueError):  # 503 (a page, not JSON) while catching up
                 now = None
-            if now != unread:
-                unread, stable_since = now, time.monotonic()
-            elif unread is not None and unread >= len(acknowledged) and time.monotonic() - stable_since > 3:
-                break
-            time.sleep(0.3)
+            if now != badge["unread"]:
+                badge.update(unread=now, since=time.monotonic())
+                return False
+            return now is not None and now >= len(acknowledged) and time.monotonic() - badge["since"] > 3
+
+        wait_until(badge_settled, timeout=30, interval=0.3,
+                   message=lambda: f"the badge did not settle at {len(acknowledged)} or more: {badge}")
+        unread = badge["unread"]
         bodies = _inbox_bodies(cluster, john)
         assert {b for b in bodies if bodies.count(b) > 1} == set(), "a message was stored twice"
         assert acknowledged <= set(bodies), f"acknowledged but lost: {acknowledged - set(bodies)}"
@@ -232,7 +234,7 @@ class Napper:
         import eventlet
 
         NAPS.append(seconds)
-        eventlet.sleep(seconds)
+        eventlet.sleep(seconds)  # not a wait: the nap is the work under test
         return seconds
 
 
@@ -249,26 +251,25 @@ def test_a_service_whose_reply_cannot_be_published_keeps_running_and_reconnects(
             assert caller.napper.nap(0) == 0
             caller.napper.nap.call_async(1.0)  # its caller waits 3 s; so does the request (TTL)
             caller.napper.nap.call_async(1.5)
-            time.sleep(0.3)
+            wait_until(lambda: 1.0 in NAPS and 1.5 in NAPS, message="the service did not start both naps")
             broker.cut()  # the workers finish while the broker is unreachable: no reply can go out
             started = time.monotonic()
-            time.sleep(8)  # past nameko's publish retries (~10 s, then the container died), past the TTL
+            # Not a wait for a state: the cut is held past nameko's publish retries (~10 s, after
+            # which the container used to die) and past the requests' TTL, to show it does not die.
+            time.sleep(8)
             assert not container._died.ready(), "the container died when its reply could not be published"
             broker.restore()
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with ClusterRpcProxy(dict(rabbit_config), timeout=2) as fresh:
-                        assert fresh.napper.nap(0) == 0
-                    break
-                except Exception:
-                    assert time.monotonic() < deadline, "the service never consumed again"
+            def answers() -> bool:
+                with ClusterRpcProxy(dict(rabbit_config), timeout=2) as fresh:
+                    return fresh.napper.nap(0) == 0
+
+            wait_until(answers, timeout=30, ignore=(Exception,), message="the service never consumed again")
             print(f"\nthe service answered again {time.monotonic() - started:.1f}s after the cut")
         assert not container._died.ready()
         # The requests in flight were never acknowledged (their connection died), so the
         # broker requeued them; they had expired with their caller's timeout, so neither
         # ran a second time after the reconnect.
-        time.sleep(0.5)
+        time.sleep(0.5)  # not a wait: a grace period in which a second run of a nap would show
         assert NAPS.count(1.0) == 1 and NAPS.count(1.5) == 1, NAPS
         failures = [r for r in caplog.records if r.name == "kernel.rpc"]
         assert len(failures) <= 2 and not any(r.exc_info for r in failures), failures  # down once, up once

@@ -9,7 +9,6 @@ of making it again.
 """
 import re
 import subprocess
-import time
 
 import eventlet
 import pytest
@@ -18,6 +17,7 @@ from sqlalchemy import create_engine, text
 
 from tests.fault.cluster import MICROBLOG, Cluster
 from tests.fault.proxy import TcpProxy
+from tests.waiting import wait_until
 
 
 def _bodies(session, base) -> list[str]:
@@ -63,10 +63,8 @@ def test_a_send_committed_by_a_service_killed_before_it_replied_is_made_once(tmp
                               allow_redirects=False, timeout=60)
 
         pending = eventlet.spawn(submit)
-        deadline = time.monotonic() + 20
-        while _logged_sends(databases["messages"]) != ["warm-up", "the one"]:
-            assert time.monotonic() < deadline, "the send never reached the log"
-            eventlet.sleep(0.05)
+        wait_until(lambda: _logged_sends(databases["messages"]) == ["warm-up", "the one"], timeout=20,
+                   interval=0.05, message="the send never reached the log")
         cluster.kill9("messages")  # committed, never replied, never acknowledged the request
         database.cut()
         database.restore()
@@ -110,7 +108,7 @@ def test_kill_9_of_messages_and_notifications_during_sends_loses_and_duplicates_
                 try:
                     form = cluster.send_form(session, "john")
                 except (AssertionError, requests.RequestException):
-                    eventlet.sleep(0.2)  # the form page itself failed (503): open it again
+                    eventlet.sleep(0.2)  # pacing, not a wait: the form page failed (503); open it again
                     continue
                 for _ in range(200):
                     try:
@@ -121,16 +119,21 @@ def test_kill_9_of_messages_and_notifications_during_sends_loses_and_duplicates_
                     if response is not None and response.status_code == 302:
                         acknowledged.append(body)
                         break
-                    eventlet.sleep(0.2)
+                    eventlet.sleep(0.2)  # pacing, not a wait: a person presses Send again
                 i += 1
 
         workers = [eventlet.spawn(send_forever, n, s) for n, s in enumerate(senders)]
-        eventlet.sleep(2)
+        def sends_flow(more):  # wait until `more` further sends are acknowledged
+            wanted = len(acknowledged) + more
+            wait_until(lambda: len(acknowledged) >= wanted, timeout=60, interval=0.05,
+                       message=f"sends did not reach {wanted} acknowledged")
+
+        sends_flow(5)
         for victim in ("messages", "notifications", "messages"):
             cluster.kill9(victim)
-            eventlet.sleep(0.5)
+            eventlet.sleep(0.5)  # not a wait: the victim stays down a moment while the senders keep pressing
             cluster.launch(victim)
-            eventlet.sleep(2)
+            sends_flow(6)
         stop.append(True)
         for worker in workers:
             worker.wait()

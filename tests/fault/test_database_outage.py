@@ -97,7 +97,7 @@ def test_a_notifications_database_outage_is_contained(tmp_path, real_infra, rabb
                 assert response.status_code == 200, (path, response.status_code, response.text[-2000:])
                 # The badge is left as it was: not known here, so the page keeps its last count.
                 assert 'data-unknown="1"' in BADGE.search(response.text).group(1), path
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing, not a wait: requests spread over the OUTAGE the cut is held
         assert set(polls) == {503}, polls
         assert slowest < 1.0, f"an answer took {slowest:.2f} s during the outage"
         assert poll.headers["Content-Type"].startswith("application/json") and "error" in poll.json()
@@ -114,7 +114,7 @@ def test_a_notifications_database_outage_is_contained(tmp_path, real_infra, rabb
         # Everything sent during the outage is projected after it, once: the InboxRead
         # reset the count, so it is exactly the sends that followed it.
         cluster.wait_for_unread(john, sent, timeout=30)
-        time.sleep(1.5)  # several feed checks: a late duplicate would show
+        time.sleep(1.5)  # not a wait: a grace period of several feed checks, in which a late duplicate would show
         assert cluster.unread(john) == sent
         badge = BADGE.search(john.get(cluster.base + "/index", timeout=30).text)
         assert badge.group(2) == str(sent) and "data-unknown" not in badge.group(1)
@@ -135,6 +135,8 @@ def test_a_notifications_database_outage_is_contained(tmp_path, real_infra, rabb
         database.cut()
         for n in range(2):
             assert _send(cluster, susan, "john", f"second outage {n}") == 302
+        # Not a wait for a state: the cut is held 2 s so the two events reach the service and
+        # its retries are under way when it is told to stop.
         time.sleep(2)
         stopping = time.monotonic()
         assert stop(cluster.processes["notifications"]) == 0
@@ -173,7 +175,9 @@ def test_a_users_or_messages_database_outage_answers_503_not_500(tmp_path, real_
         assert response.status_code == 503
         for path in ("/index", "/user/susan"):  # pages that do not need the messages service
             assert john.get(cluster.base + path, timeout=30).status_code == 200, path
-        time.sleep(max(0.0, 4 - (time.monotonic() - cut_at)))  # the outbox relay retries meanwhile
+        # Not a wait for a state: the cut is held 4 s, so the outbox relay retries meanwhile and
+        # the log can show it does not write a line per attempt.
+        time.sleep(max(0.0, 4 - (time.monotonic() - cut_at)))
         logged = messages_log.read_bytes()[log_before:].decode(errors="replace")
         # An entry or two (the database's, perhaps the outbox relay's), not one per attempt.
         assert "unreachable" in logged and "Traceback" not in logged and len(logged) < 3000, logged

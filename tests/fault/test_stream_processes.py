@@ -12,7 +12,7 @@ PostgreSQL: each test proves one claim of issue 11, item 2 ("Nothing missed").
 * kill -9 of the notifications service: changes made while it is down reach an open
   stream once it is back, without the stream reconnecting.
 
-Every wait is bounded (an event's timeout, or a deadline loop); none is a bare sleep.
+Every wait is bounded (an event's timeout, or tests/waiting.py: wait_until); none is a bare sleep.
 """
 from __future__ import annotations
 
@@ -107,14 +107,12 @@ def open_streams_metric(base: str) -> float | None:
 
 def wait_metric(base: str, expected: float, timeout: float) -> float:
     """Seconds until /metrics shows ``expected`` open streams (fails past ``timeout``)."""
+    from tests.waiting import wait_until
+
     started = time.monotonic()
-    value = None
-    while time.monotonic() - started < timeout:
-        value = open_streams_metric(base)
-        if value == expected:
-            return time.monotonic() - started
-        time.sleep(0.02)
-    pytest.fail(f"microblog_open_streams stayed {value}, expected {expected} within {timeout} s")
+    wait_until(lambda: open_streams_metric(base) == expected, timeout=timeout, interval=0.02,
+               message=f"microblog_open_streams is not {expected}")
+    return time.monotonic() - started
 
 
 @pytest.mark.timeout(120)

@@ -17,13 +17,13 @@ class RunningSystem:
     def settle(self, timeout=10):
         """Wait until every committed event has reached the notifications projection, so
         nothing from the previous test lands after the databases are emptied."""
-        import eventlet
+        from tests.waiting import wait_until
 
-        with self.app.app_context(), eventlet.Timeout(timeout):
+        with self.app.app_context():
             from gateway.rpc import services
 
-            while services().notifications.position() != services().messages.head():
-                eventlet.sleep(0.02)
+            wait_until(lambda: services().notifications.position() == services().messages.head(), timeout=timeout,
+                       interval=0.02, message="the notifications projection did not catch up with the log")
 
     def reset(self):
         self.settle()

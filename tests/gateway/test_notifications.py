@@ -1,10 +1,10 @@
 """The polling endpoint and the navbar badge, over the embedded and the real system."""
 import re
 
-import eventlet
 import pytest
 
 from tests.helpers import login, post_form, register, text
+from tests.waiting import wait_until
 
 
 def _poll(client, since=None):
@@ -15,12 +15,11 @@ def _poll(client, since=None):
 
 
 def _wait_for_count(client, expected, timeout=10):
-    with eventlet.Timeout(timeout):
-        while True:
-            rows = [n for n in _poll(client) if n["name"] == "unread_message_count"]
-            if rows and rows[-1]["data"] == expected:
-                return rows[-1]
-            eventlet.sleep(0.02)
+    def row():
+        rows = [n for n in _poll(client) if n["name"] == "unread_message_count"]
+        return rows[-1] if rows and rows[-1]["data"] == expected else None
+
+    return wait_until(row, timeout=timeout, interval=0.02, message=f"the unread count did not become {expected}")
 
 
 def _badge(client):
@@ -53,9 +52,7 @@ def test_since_returns_only_newer_rows_and_passing_back_the_last_misses_nothing(
     first = _wait_for_count(john, 1)
     assert _poll(john, since=repr(first["timestamp"])) == []
     post_form(susan, "/send_message/john", {"message": "two"})
-    with eventlet.Timeout(10):
-        while not (newer := _poll(john, since=repr(first["timestamp"]))):
-            eventlet.sleep(0.02)
+    newer = wait_until(lambda: _poll(john, since=repr(first["timestamp"])), interval=0.02, message="no newer rows")
     assert [(n["name"], n["data"]) for n in newer] == [("unread_message_count", 2)]
     assert newer[0]["timestamp"] > first["timestamp"]
     assert _poll(john, since="0") == _poll(john)
@@ -121,15 +118,12 @@ def test_nothing_new_is_answered_without_the_service_and_a_change_still_shows_at
     latest.ttl = 3600  # so that only the change broadcast, never expiry, can let the change through
     post_form(susan, "/send_message/john", {"message": "one"})
     first = _wait_for_count(john, 1)
-    with eventlet.Timeout(10):
-        while not latest.connected:
-            eventlet.sleep(0.02)
+    wait_until(lambda: latest.connected, interval=0.02, message="the gateway's broadcast listener is not connected")
     assert _poll(john, since=repr(first["timestamp"])) == []  # read from the service, recorded
     with john.session_transaction() as session:
         john_id = int(session["_user_id"].split(":")[0])
     assert latest.nothing_newer(john_id, first["timestamp"])  # the next such poll needs no RPC
     post_form(susan, "/send_message/john", {"message": "two"})
-    with eventlet.Timeout(5):
-        while not (newer := _poll(john, since=repr(first["timestamp"]))):
-            eventlet.sleep(0.02)
+    newer = wait_until(lambda: _poll(john, since=repr(first["timestamp"])), timeout=5, interval=0.02,
+                       message="the change did not show")
     assert newer[0]["data"] == 2

@@ -14,6 +14,7 @@ import requests
 
 from tests.helpers import http_send, http_sign_in
 from tests.sse import SseStream, cookie_of
+from tests.waiting import wait_until
 
 COUNT = "unread_message_count"
 
@@ -61,10 +62,7 @@ def test_a_start_point_that_is_not_a_unix_time_is_a_400(base, susan_and_john, si
 def test_the_stream_gives_the_polls_rows_then_each_change_as_it_commits(base, susan_and_john):
     susan, john = susan_and_john
     send(base, susan, "john", "one")
-    deadline = time.monotonic() + 5
-    while not (rows := poll(base, john)):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    rows = wait_until(lambda: poll(base, john), timeout=5, interval=0.02, message="the poll shows no rows")
     stream = SseStream(base, cookie_of(john))
     try:
         assert stream.status == 200
@@ -125,10 +123,9 @@ def test_every_tab_of_a_user_gets_each_change_and_a_closed_tab_is_freed_at_once(
         assert susans.next_event(0.3) is None  # not hers
         for tab in tabs[1:]:
             tab.close()
-        deadline = time.monotonic() + 3  # at once (without the watch: the next keepalive, 15 s)
-        while hub.count() != before + 2:
-            assert time.monotonic() < deadline, f"{hub.count() - before} streams still open"
-            time.sleep(0.01)
+        # at once (without the watch: the next keepalive, 15 s)
+        wait_until(lambda: hub.count() == before + 2, timeout=3,
+                   message=lambda: f"{hub.count() - before} streams still open")
         send(base, susan, "john")
         assert tabs[0].events_until(lambda e: e["data"]["data"] == 2)
     finally:
@@ -227,7 +224,5 @@ def test_a_head_request_leaves_no_stream_behind(base, system_app, susan_and_john
     for _ in range(3):
         response = requests.head(f"{base}/notifications/stream", headers={"Cookie": cookie_of(john)}, timeout=10)
         assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
-    deadline = time.monotonic() + 3
-    while hub.count() != before:
-        assert time.monotonic() < deadline, f"{hub.count() - before} streams left open by HEAD requests"
-        time.sleep(0.01)
+    wait_until(lambda: hub.count() == before, timeout=3,
+               message=lambda: f"{hub.count() - before} streams left open by HEAD requests")

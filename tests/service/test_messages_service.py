@@ -6,12 +6,14 @@ import eventlet
 import pytest
 from nameko.events import event_handler
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing.services import entrypoint_waiter
 
 from kernel.errors import RecipientNotFound, ValidationFailed
 from kernel.events import Event
 from services.messages.service import MessagesService
 from services.users.service import UsersService
 from tests.service.conftest import services_config
+from tests.waiting import wait_until
 
 PASSWORD = "correct horse battery"
 RECEIVED = []
@@ -60,16 +62,14 @@ def published_position(config) -> int:
 
 
 def wait_for_published(config, position, timeout=15):
-    with eventlet.Timeout(timeout):
-        while published_position(config) < position:
-            eventlet.sleep(0.05)
+    wait_until(lambda: published_position(config) >= position, timeout=timeout, interval=0.05,
+               message=f"the relay did not publish up to position {position}")
 
 
 def wait_for_received(count, timeout=10):
-    with eventlet.Timeout(timeout):
-        while len(RECEIVED) < count:
-            eventlet.sleep(0.01)
-    eventlet.sleep(0.1)  # and nothing more arrives
+    wait_until(lambda: len(RECEIVED) >= count, timeout=timeout, message=f"listeners did not get {count} events")
+    # Not a wait: a short grace period in which a duplicate delivery, if any, would show.
+    eventlet.sleep(0.1)
     return RECEIVED
 
 
@@ -79,7 +79,8 @@ def test_events_reach_listeners_once_each_and_in_log_order_per_type(running, con
         john = rpc.users.register("john", "john@example.com", PASSWORD)
         for i in range(10):
             rpc.messages.send_message(susan["id"], john["id"], f"m{i}", idempotency_key=uuid.uuid4().hex)
-        rpc.messages.mark_inbox_read(john["id"])
+        with entrypoint_waiter(running["listener"], "on_inbox_read", timeout=10):
+            rpc.messages.mark_inbox_read(john["id"])
         assert rpc.messages.unread_count(john["id"]) == 0
         received = wait_for_received(11)
     # nameko gives each handler its own queue, so the broker keeps order within an event
@@ -94,10 +95,11 @@ def test_events_reach_listeners_once_each_and_in_log_order_per_type(running, con
 def test_sends_succeed_while_publishing_fails_and_events_follow_on_recovery(running, config):
     outbox = next(dep for dep in running["messages"].dependencies if dep.attr_name == "outbox")
     real_flush = outbox.relay.publisher.flush
-    broken = {"on": True}
+    broken = {"on": True, "failures": 0}
 
     def flaky_flush():
         if broken["on"]:
+            broken["failures"] += 1
             raise ConnectionError("broker unreachable")
         real_flush()
 
@@ -106,7 +108,7 @@ def test_sends_succeed_while_publishing_fails_and_events_follow_on_recovery(runn
         susan = rpc.users.register("susan", "susan@example.com", PASSWORD)
         for i in range(5):
             assert rpc.messages.send_message(susan["id"], susan["id"], f"m{i}", idempotency_key=uuid.uuid4().hex)["position"] == i + 1
-        eventlet.sleep(0.3)
+        wait_until(lambda: broken["failures"] >= 2, message="the relay did not try (and fail) to publish")
         assert published_position(config) == 0
         broken["on"] = False
         wait_for_published(config, 5)  # after its back-off the relay sends everything again

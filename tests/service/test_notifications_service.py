@@ -14,6 +14,7 @@ from services.notifications.projection import fold
 from services.notifications.service import NotificationsService
 from services.users.service import UsersService
 from tests.service.conftest import services_config
+from tests.waiting import wait_until
 
 PASSWORD = "correct horse battery"
 SERVICES = ("users", "messages", "notifications")
@@ -45,9 +46,8 @@ def replay_from_feed(rpc):
 
 
 def wait_until_caught_up(rpc, timeout=20):
-    with eventlet.Timeout(timeout):
-        while rpc.notifications.position() != rpc.messages.head():
-            eventlet.sleep(0.05)
+    wait_until(lambda: rpc.notifications.position() == rpc.messages.head(), timeout=timeout, interval=0.05,
+               message="the notifications projection did not catch up with the log")
 
 
 def test_two_instances_and_a_killed_one_end_with_the_replay(config, container_factory):
@@ -67,10 +67,10 @@ def test_two_instances_and_a_killed_one_end_with_the_replay(config, container_fa
                     own.messages.send_message(users[number], users[(number + 1 + i) % 4], f"m{number}-{i}", idempotency_key=uuid.uuid4().hex)
                     if i % 6 == 5:
                         own.messages.mark_inbox_read(users[number])
-                    eventlet.sleep(0)
+                    eventlet.sleep(0)  # not a wait: yield, so the four senders interleave
 
         senders = [eventlet.spawn(sender, n) for n in range(4)]
-        eventlet.sleep(0.2)
+        wait_until(lambda: rpc.notifications.position() > 0, message="the first instance consumed nothing")
         if config["AMQP_URI"] == "embedded://":
             # In-process, a "kill" would leave its half-closed consumer on the in-memory
             # queues; the embedded system dies as a whole or not at all. Stop it instead.

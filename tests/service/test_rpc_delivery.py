@@ -12,6 +12,7 @@ from nameko.constants import NON_PERSISTENT
 from kernel.calls import DEFAULT_TIMEOUT
 from kernel.rpc import RpcProxy, rpc
 from kernel.rpc_pool import RpcPool, ServiceUnavailable
+from tests.waiting import wait_until
 
 
 class EchoService:
@@ -57,12 +58,12 @@ def _get(broker, queue: Queue):
 
 
 def _wait_for(broker, queue: Queue, seconds=3.0):
-    for _ in range(int(seconds / 0.05)):
-        message = queue(broker.default_channel).get(no_ack=True)
-        if message is not None:
-            return message
-        eventlet.sleep(0.05)
-    raise AssertionError("nothing arrived on " + queue.name)
+    return wait_until(lambda: queue(broker.default_channel).get(no_ack=True), timeout=seconds, interval=0.05,
+                      message="nothing arrived on " + queue.name)
+
+
+def _depth(broker, queue: Queue) -> int:
+    return queue(broker.default_channel).queue_declare(passive=True).message_count
 
 
 def test_the_pools_requests_are_transient_and_expire_with_its_timeout(config, broker):
@@ -90,7 +91,9 @@ def test_a_request_nobody_took_in_time_is_gone_when_the_service_comes_back(confi
             pool.probe.ping()
     finally:
         pool.stop()
-    eventlet.sleep(0.2)
+    # The broker drops it once its expiration (the caller's timeout) has passed; without
+    # one it would stay queued and this wait would fail.
+    wait_until(lambda: _depth(broker, queue) == 0, timeout=3, message="the expired request is still queued")
     assert queue(broker.default_channel).get(no_ack=True) is None
 
 
@@ -117,11 +120,6 @@ def test_replies_are_transient_and_arrive(config, broker, container_factory):
     producer = broker.Producer(serializer="json")
     producer.publish({"args": ["x"], "kwargs": {}}, exchange=exchange, routing_key="echo.ping",
                      reply_to=reply_to, correlation_id="1")
-    for _ in range(50):
-        message = replies(broker.default_channel).get(no_ack=True)
-        if message is not None:
-            break
-        eventlet.sleep(0.1)
-    assert message is not None, "no reply"
+    message = wait_until(lambda: replies(broker.default_channel).get(no_ack=True), timeout=5, message="no reply")
     assert message.properties["delivery_mode"] == NON_PERSISTENT
     assert json.loads(message.body) == {"result": "pong x", "error": None}

@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from tests.helpers import PASSWORD
+from tests.waiting import wait_until
 
 MICROBLOG = str(Path(sys.executable).parent / "microblog")
 CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
@@ -45,26 +45,25 @@ def stop(process, sig=signal.SIGTERM, timeout=20) -> int:
 
 
 def wait_for_http(url, process, log_path, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answer():
         if process.poll() is not None:
             pytest.fail(f"process exited early:\n{Path(log_path).read_text()}")
-        try:
-            return requests.get(url, timeout=2)
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} did not answer:\n{Path(log_path).read_text()}")
+        return requests.get(url, timeout=2)  # any answer, whatever its status
+
+    return wait_until(lambda: [answer()], timeout=timeout, interval=0.2, ignore=(requests.ConnectionError,),
+                      message=lambda: f"{url} did not answer:\n{Path(log_path).read_text()}")[0]
 
 
 def wait_for_log(log_path, text, process, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def logged():
         if text in Path(log_path).read_text():
-            return
+            return True
         if process.poll() is not None:
-            break
-        time.sleep(0.1)
-    pytest.fail(f"{text!r} not logged:\n{Path(log_path).read_text()}")
+            pytest.fail(f"{text!r} not logged, and the process exited:\n{Path(log_path).read_text()}")
+        return False
+
+    wait_until(logged, timeout=timeout, interval=0.1,
+               message=lambda: f"{text!r} not logged:\n{Path(log_path).read_text()}")
 
 
 def post_form(session, url, data):
@@ -102,7 +101,7 @@ def busy():
             sum(range(20000))
         except BaseException:
             pass
-        eventlet.sleep(0)
+        eventlet.sleep(0)  # (the busy thread yields, as green code does)
 
 eventlet.spawn_n(busy)
 from deploy.cli import main

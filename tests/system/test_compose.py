@@ -7,13 +7,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers import http_sign_in
+from tests.waiting import wait_until
 from tests.system.test_commands import CSRF, MICROBLOG, free_port, start, stop, wait_for_http, wait_for_log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,14 +123,14 @@ def _run(command: list, env: dict, timeout=60) -> subprocess.CompletedProcess:
 def _wait_healthy(name: str, env: dict, timeout=60):
     test = compose()["services"][name]["healthcheck"]["test"]
     assert test[0] == "CMD"
-    deadline = time.monotonic() + timeout
-    while True:
-        result = _run(test[1:], env, timeout=30)
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name} never became healthy: {result.stdout}{result.stderr}")
-        time.sleep(0.5)
+    results = []
+
+    def healthy():
+        results.append(_run(test[1:], env, timeout=30))
+        return results[-1].returncode == 0
+
+    wait_until(healthy, timeout=timeout, interval=0.5,
+               message=lambda: f"{name} never became healthy: {results[-1].stdout}{results[-1].stderr}")
 
 
 def _unread(session, base) -> int:
@@ -139,11 +139,14 @@ def _unread(session, base) -> int:
 
 
 def _wait_for_unread(session, base, expected, timeout=20):
-    deadline = time.monotonic() + timeout
-    while (count := _unread(session, base)) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"unread count stayed {count}, expected {expected}")
-        time.sleep(0.2)
+    counts = []
+
+    def reached():
+        counts.append(_unread(session, base))
+        return counts[-1] == expected
+
+    wait_until(reached, timeout=timeout, interval=0.2,
+               message=lambda: f"unread count stayed {counts[-1]}, expected {expected}")
 
 
 def test_each_compose_service_runs_as_its_command_and_one_restarts_alone(tmp_path, real_infra, rabbit_config,

@@ -4,7 +4,6 @@ not answer), and each process's Prometheus metrics, scraped and parsed, with the
 checked after known calls."""
 import os
 import subprocess
-import time
 
 import psycopg2
 import pytest
@@ -15,6 +14,7 @@ from kernel.errors import ValidationFailed
 from kernel.rpc import ClusterRpcProxy
 from tests.fault.cluster import SERVICES, Cluster
 from tests.system.test_commands import MICROBLOG, free_port, stop
+from tests.waiting import wait_until
 
 
 def status(env, *args) -> subprocess.CompletedProcess:
@@ -40,14 +40,7 @@ def connect(url):
 
 
 def eventually(check, timeout=15, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} never held")
-        time.sleep(0.2)
+    return wait_until(check, timeout=timeout, interval=0.2, message=f"{what} never held")
 
 
 def test_status_and_metrics_against_the_running_services(tmp_path, real_infra, rabbit_config, postgres):

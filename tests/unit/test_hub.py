@@ -1,22 +1,15 @@
 """The gateway's hub without a broker: filing changes for streams, coalescing, ordering,
 re-reads after a reconnect or a change announced without its value, and shutdown."""
 import threading
-import time
 
 from gateway.hub import Hub
+from tests.waiting import wait_until
 
 COUNT = "unread_message_count"
 
 
 def row(data, timestamp):
     return {"name": COUNT, "data": data, "timestamp": timestamp}
-
-
-def wait_until(condition, seconds=5):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_change_reaches_every_stream_of_its_user_and_no_other():

@@ -6,12 +6,13 @@ import eventlet
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import storage_of
 from kernel.errors import ValidationFailed
+from kernel.eventlog import event_log
 from kernel.events import Event, MessageSent
 from services.messages import commands
-from kernel.eventlog import event_log
 from services.messages.models import InboxMessage
+from tests.helpers import storage_of
+from tests.waiting import wait_until
 
 
 def everyone_exists(_user_id):
@@ -161,15 +162,14 @@ def test_two_repeats_queued_behind_the_log_head_lock_append_one_event(messages_d
             holder.execute(text("SELECT position FROM counters WHERE name = 'log_head' FOR UPDATE"))
             attempts = [eventlet.spawn(send, make_session, 1, 2, "once", key) for _ in range(2)]
             with engine.connect() as watcher:  # wait until both statements are blocked on the lock
-                for _ in range(500):
+                def blocked_statements():
                     waiting = watcher.execute(text(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                         "AND datname = current_database()")).scalar()
                     watcher.rollback()  # pg_stat_activity is read once per transaction
-                    if waiting == 2:
-                        break
-                    eventlet.sleep(0.01)
-                assert waiting == 2
+                    return waiting
+
+                wait_until(lambda: blocked_statements() == 2, timeout=5, message="both sends are not blocked on the lock")
             holder.rollback()
         results = [attempt.wait() for attempt in attempts]
         assert results[0] == results[1]

@@ -1,13 +1,13 @@
 """The embedded broker: kombu's memory transport with the three shims nameko needs."""
 import time
 
-import eventlet
 import pytest
 from kombu import Connection, Exchange, Queue
 from nameko.events import event_handler
 from nameko.rpc import RpcProxy, rpc
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
+from nameko.testing.services import entrypoint_waiter
 
 from kernel import memory_transport
 
@@ -79,12 +79,18 @@ def test_event_handlers_waiting_on_rpc_replies_do_not_starve_them(embedded_confi
     # their replies hold both slots and the replies are never delivered.
     config = dict(embedded_config, max_workers=2)
     container_factory(EchoService, config).start()
-    container_factory(RelayService, config).start()
+    relayer = container_factory(RelayService, config)
+    relayer.start()
     RelayService.handled.clear()
     dispatch = event_dispatcher(embedded_config)
-    for i in range(6):
-        dispatch("source", "ping", i)
-    deadline = time.monotonic() + 5
-    while len(RelayService.handled) < 6 and time.monotonic() < deadline:
-        eventlet.sleep(0.01)
+    done = []
+
+    def sixth_handled(worker_ctx, result, exc_info):
+        done.append(exc_info)
+        return len(done) == 6
+
+    with entrypoint_waiter(relayer, "on_ping", callback=sixth_handled, timeout=5):
+        for i in range(6):
+            dispatch("source", "ping", i)
+    assert done == [None] * 6  # no handler failed
     assert sorted(RelayService.handled) == list(range(6))

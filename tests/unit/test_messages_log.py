@@ -42,7 +42,7 @@ def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(m
     def sender(number):
         for i in range(per_sender):
             send(make_session, number, 100 + number % 3, f"{number}-{i}")
-            eventlet.sleep(0)
+            eventlet.sleep(0)  # not a wait: yield, so the senders and the reader interleave
         finished.append(number)
 
     def reader():
@@ -54,7 +54,7 @@ def test_concurrent_senders_and_a_tailing_reader_see_every_event_once_in_order(m
             for event in batch:
                 seen.append((event.position, event.body))
                 last = event.position
-            eventlet.sleep(0)
+            eventlet.sleep(0)  # not a wait: yield; the reader tails the log while it grows
 
     tail = eventlet.spawn(reader)
     workers = [eventlet.spawn(sender, n) for n in range(1, senders + 1)]

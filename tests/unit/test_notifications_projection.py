@@ -34,6 +34,7 @@ def apply_events(store, events, tracked, rows=None):
         rows = store.load_rows([key for event in events for key in keys_of(event)])
     position, changed = projector.fold(events, tracked, rows, apply)
     store.save(changed, position)
+from tests.waiting import wait_until
 
 USERS = [1, 2, 3]
 START = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -185,7 +186,7 @@ def test_a_gap_that_a_late_delivery_fills_is_not_read_from_the_feed(notification
     feed, calls = _counting_feed(log)
     turn = Turn(eventlet.semaphore.Semaphore())
     second = eventlet.spawn(Projector(notifications_db, feed, turn=turn).handle, log.events[1])
-    eventlet.sleep(0.003)
+    wait_until(lambda: 2 in turn.pending, message="the delivery of 2 did not arrive")
     assert Projector(notifications_db, feed, turn=turn).handle(log.events[0]) == 2
     assert second.wait() == 0  # applied by the other delivery's batch
     assert calls == []
@@ -197,8 +198,9 @@ def test_a_gap_that_another_instance_fills_is_not_read_from_the_feed(notificatio
     # waits for the other to apply 1 rather than reading the feed for it.
     log = Log(make_log(SPEC))
     feed, calls = _counting_feed(log)
-    waiting = eventlet.spawn(Projector(notifications_db, feed).handle, log.events[1])
-    eventlet.sleep(0.003)
+    instance = Projector(notifications_db, feed)
+    waiting = eventlet.spawn(instance.handle, log.events[1])
+    wait_until(lambda: 2 in instance.turn.pending, message="the delivery of 2 did not arrive")
     assert Projector(notifications_db, feed).handle(log.events[0]) == 1  # the other instance
     assert waiting.wait() == 1
     assert calls == []
@@ -280,12 +282,31 @@ def test_rows_read_while_waiting_for_the_lock_are_read_again(notifications_db, n
             store.close()
 
     waiting = eventlet.spawn(second_consumer)
-    eventlet.sleep(0.2)  # it has taken its snapshot and waits for the lock
+    wait_until(lambda: _waiting_for_a_lock(notifications_db), timeout=5,  # it has taken its snapshot
+               message="the second consumer does not wait for the lock")
     apply_events(first, log.events[1:3], tracked)  # position 2 is another message to user 1
     first.commit()
     first.close()
     tracked, rows = waiting.wait()
     assert (tracked, rows[key].data) == (3, 2)
+
+
+def _all_wait_for_the_turn(turn, workers):
+    """Every spawned delivery has registered as pending and queues on the (held) turn lock."""
+    wait_until(lambda: turn.lock.balance == -len(workers), timeout=5,
+               message=lambda: f"{-turn.lock.balance} of {len(workers)} deliveries wait for the turn")
+
+
+def _waiting_for_a_lock(make_session) -> bool:
+    """Whether a connection to this (PostgreSQL) database waits for a row lock."""
+    from sqlalchemy import text
+
+    session = make_session()
+    try:
+        return session.session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                           " AND wait_event_type = 'Lock'")) > 0
+    finally:
+        session.close()
 
 
 def _postgres_only(url):
@@ -340,8 +361,8 @@ def test_a_write_that_waited_for_the_row_lock_is_refused_if_the_holder_moved_it(
     tracked, rows = holder.lock_and_load([(1, UNREAD_MESSAGE_COUNT)])
     apply_events(holder, log.events[1:3], tracked, rows=rows)
     waiting = eventlet.spawn(pg.save_if_current, connection, changed, position, version)
-    eventlet.sleep(0.2)
-    assert not waiting.dead  # it waits for the lock
+    wait_until(lambda: _waiting_for_a_lock(notifications_db), timeout=5, message="the write does not wait for the lock")
+    assert not waiting.dead
     holder.commit()
     holder.close()
     assert waiting.wait() is False
@@ -371,7 +392,7 @@ def test_a_consumer_that_lost_the_race_reads_again_and_applies_the_rest(notifica
     turn = Turn(eventlet.semaphore.Semaphore())
     with turn.lock:
         workers = [eventlet.spawn(Projector(notifications_db, log.feed, turn=turn).handle, e) for e in log.events[:5]]
-        eventlet.sleep(0.01)
+        _all_wait_for_the_turn(turn, workers)
     assert sum(worker.wait() for worker in workers) == 2  # 4 and 5; 1..3 were the other's
     assert len(attempts) == 2  # refused once, then read again
     assert live_rows(notifications_db) == (fold(log.events[:5]), 5)
@@ -402,7 +423,7 @@ def test_two_consumers_at_once_apply_each_event_once(notifications_db):
     def deliver(consumer, events):
         for event in events:
             consumer.handle(event)
-            eventlet.sleep(0)
+            eventlet.sleep(0)  # not a wait: yield, so the two consumers interleave
 
     # The broker spreads events over both; some reach both (redelivery), some reach neither.
     even = [e for e in log.events if e.position % 2 == 0 or e.position % 5 == 0]
@@ -448,7 +469,7 @@ def test_deliveries_waiting_for_the_turn_commit_in_one_transaction(notifications
     with turn.lock:  # busy applying something else while the deliveries arrive, as under load
         deliveries = list(log.events) + [log.events[3]]  # one of them delivered twice
         workers = [eventlet.spawn(projectors[i % 3].handle, event) for i, event in enumerate(deliveries)]
-        eventlet.sleep(0.01)
+        _all_wait_for_the_turn(turn, workers)
     applied = [worker.wait() for worker in workers]
     assert sum(applied) == len(SPEC)  # each event counted once, by the caller that applied it
     assert len(writes) == 1
@@ -464,7 +485,7 @@ def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(
     def slowly(read):
         def slow_read(session, keys, *args, **kwargs):
             result = read(session, keys, *args, **kwargs)
-            eventlet.sleep(0.005)  # deliveries keep arriving meanwhile
+            eventlet.sleep(0.005)  # not a wait: a slow database, so deliveries keep arriving meanwhile
             return result
         return slow_read
 
@@ -474,7 +495,7 @@ def test_deliveries_arriving_while_the_database_answers_wait_for_the_next_batch(
     workers = []
     for event in log.events:
         workers.append(eventlet.spawn(Projector(notifications_db, log.feed, turn=turn).handle, event))
-        eventlet.sleep(0.002)
+        eventlet.sleep(0.002)  # pacing, not a wait: deliveries arrive one by one
     assert sum(worker.wait() for worker in workers) == len(spec)
     assert live_rows(notifications_db) == (fold(log.events), len(spec))
 
@@ -486,7 +507,7 @@ def test_a_failed_batch_is_left_for_the_next_caller_and_nothing_is_lost(notifica
     projectors = [Projector(make_session, log.feed, turn=turn) for _ in range(3)]  # one per worker
     with turn.lock:
         workers = [eventlet.spawn(projectors[i % 3].handle, event) for i, event in enumerate(log.events)]
-        eventlet.sleep(0.01)
+        _all_wait_for_the_turn(turn, workers)
     outcomes = []
     for worker in workers:
         try:

@@ -8,6 +8,7 @@ from kernel.eventlog import counters
 from kernel.outbox import OutboxRelay
 from tests.helpers import storage_of
 from tests.unit.test_messages_log import read, send
+from tests.waiting import wait_until
 
 
 class FlakyBroker:
@@ -99,19 +100,16 @@ def test_running_relay_is_woken_after_commit_and_retries_after_failures(messages
     try:
         send(make_session, 1, 2, "first")
         relay.wake()
-        with eventlet.Timeout(5):
-            while broker.published != [1]:
-                eventlet.sleep(0.01)
+        wait_until(lambda: broker.published == [1], timeout=5, message="the woken relay did not publish")
         broker.down = True
         send(make_session, 1, 2, "second")
         send(make_session, 1, 2, "third")
+        calls = broker.calls
         relay.wake()
-        eventlet.sleep(0.2)
+        wait_until(lambda: broker.calls > calls, timeout=5, message="the relay did not try to publish")
         assert broker.published == [1]
         broker.down = False
-        with eventlet.Timeout(10):
-            while broker.published != [1, 2, 3]:
-                eventlet.sleep(0.01)
+        wait_until(lambda: broker.published == [1, 2, 3], timeout=10, message="the relay did not retry")
     finally:
         relay.stop()
         runner.wait()
@@ -125,11 +123,11 @@ def test_two_relays_on_one_log_publish_each_event_once_in_order(messages_db):
 
     class SlowBroker:
         def publish(self, payload):
-            eventlet.sleep(0.001)  # let the other relay run meanwhile
+            eventlet.sleep(0.001)  # not a wait: a slow broker, so the other relay runs meanwhile
             published.append(Event.from_dict(payload).position)
 
         def flush(self):
-            eventlet.sleep(0.002)
+            eventlet.sleep(0.002)  # not a wait: a slow broker's confirms
 
     relays = [OutboxRelay(make_session, SlowBroker()) for _ in range(2)]
     total = 60
@@ -137,13 +135,14 @@ def test_two_relays_on_one_log_publish_each_event_once_in_order(messages_db):
     def sender():
         for i in range(total):
             send(make_session, 1, 2, f"m{i}")
-            eventlet.sleep(0)
+            eventlet.sleep(0)  # not a wait: yield, so sends and relay rounds interleave
 
     def relaying(relay):
-        with eventlet.Timeout(30):
-            while len(published) < total:
-                relay.relay_pending()
-                eventlet.sleep(0.001)
+        def round_then_all_published():
+            relay.relay_pending()
+            return len(published) >= total
+
+        wait_until(round_then_all_published, timeout=30, interval=0.001, message="not every event was published")
 
     workers = [eventlet.spawn(sender)] + [eventlet.spawn(relaying, relay) for relay in relays]
     for worker in workers:
@@ -166,12 +165,11 @@ def test_a_relay_that_found_the_turn_taken_looks_again_soon(messages_db, message
     try:
         send(make_session, 1, 2, "while the other relay is busy")
         relay.wake()
-        eventlet.sleep(0.2)
-        assert broker.published == [] and relay.skipped  # the row is taken: nothing read
+        wait_until(lambda: relay.skipped, timeout=5, message="the woken relay did not find the turn taken")
+        assert broker.published == []  # the row is taken: nothing read
         holder.rollback()  # the other relay's round ends (its empty read came before our commit)
-        with eventlet.Timeout(2):  # not poll_interval (30 s)
-            while broker.published != [1] or published_counter(make_session) != 1:  # confirmed, then recorded
-                eventlet.sleep(0.01)
+        wait_until(lambda: broker.published == [1] and published_counter(make_session) == 1,  # confirmed, then recorded
+                   timeout=2, message="the relay did not look again soon")  # not poll_interval (30 s)
     finally:
         holder.close()
         relay.stop()
@@ -246,10 +244,9 @@ def test_an_event_committed_during_a_round_goes_out_without_an_empty_round_first
     send(make_session, 1, 2, "first")
     runner = eventlet.spawn(relay.run_forever)  # its first round publishes "first"
     try:
-        with eventlet.Timeout(2):  # not poll_interval (30 s)
-            while broker.published != [1, 2]:
-                eventlet.sleep(0.01)
-        eventlet.sleep(0.1)
+        wait_until(lambda: broker.published == [1, 2], timeout=2,  # not poll_interval (30 s)
+                   message="the event committed during the round did not go out")
+        eventlet.sleep(0.1)  # not a wait: a grace period in which an extra, empty round would show
         assert len(rounds) == 2  # one per batch, no empty round after each
     finally:
         relay.stop()
@@ -270,13 +267,9 @@ def test_a_broker_outage_is_logged_once_and_its_end_once(messages_db, monkeypatc
     send(make_session, 1, 2, "during the outage")
     runner = eventlet.spawn(relay.run_forever)
     try:
-        with eventlet.Timeout(5):
-            while broker.calls < 10:  # ten attempts, all failed
-                eventlet.sleep(0.01)
+        wait_until(lambda: broker.calls >= 10, timeout=5, message="the relay did not retry ten times")  # all failed
         broker.down = False
-        with eventlet.Timeout(5):
-            while broker.published != [1]:
-                eventlet.sleep(0.01)
+        wait_until(lambda: broker.published == [1], timeout=5, message="the relay did not publish after the outage")
     finally:
         relay.stop()
         runner.wait()

@@ -14,7 +14,7 @@ class SlowService:
 
     @rpc
     def wait(self, seconds):
-        eventlet.sleep(seconds)
+        eventlet.sleep(seconds)  # not a wait: the service under test is slow on purpose
         return seconds
 
     @rpc
@@ -112,7 +112,7 @@ def test_calls_between_services_give_up_after_their_timeout():
     from kernel.errors import DependencyUnavailable
 
     def never_answers(*args):
-        eventlet.sleep(10)
+        eventlet.sleep(10)  # not a wait: a callee that never answers in time
 
     with pytest.raises(DependencyUnavailable, match="did not answer within 0.05 s"):
         call_with_timeout(never_answers, 1, timeout=0.05)

@@ -1,6 +1,5 @@
 """Server-side sessions: the users service's rules (SQLite and PostgreSQL) and the
 gateway's per-process cache of recent checks."""
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -46,9 +45,13 @@ def test_a_token_is_no_good_for_another_user_or_altered(users_session, susan):
         assert accounts.check_session(users_session, bad_id, token) is None
 
 
-def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_session, susan):
+def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_session, susan, monkeypatch):
+    from datetime import timedelta
+
     token = accounts.open_session(users_session, susan, 0.05)["token"]
-    time.sleep(0.1)
+    assert accounts.check_session(users_session, susan, token) is not None
+    later = accounts.utcnow() + timedelta(seconds=0.1)
+    monkeypatch.setattr(accounts, "utcnow", lambda: later)  # the accounts' clock moves on: no waiting
     assert accounts.check_session(users_session, susan, token) is None
     accounts.open_session(users_session, susan, 3600)
     assert users_session.scalar(select(func.count()).select_from(UserSession)) == 1
