@@ -11,5 +11,6 @@ class HealthCheck:
 
     @rpc
     def health(self):
-        self.db.execute(text("SELECT 1"))
+        # ``db`` injects a recorder (``kernel.db.Recorder``, its ``session``) or a bare Session.
+        getattr(self.db, "session", self.db).execute(text("SELECT 1"))
         return {"service": self.name, "database": "ok"}
