@@ -59,7 +59,7 @@ class UsersService(HealthCheck):
     @rpc
     def update_profile(self, user_id, username, about_me):
         profile = accounts.update_profile(self.db, user_id, username, about_me)
-        self.outbox.wake()  # after an edit that changed nothing: one empty relay round
+        self.outbox.wake()  # woken after every edit: one that changed nothing costs an empty relay round
         return profile
 
     @rpc
