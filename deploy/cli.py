@@ -441,7 +441,8 @@ def _replay_notifications():
 @_reported(database=_notifications_url, broker=_amqp_uri)
 def verify(wait):
     """Compare the live notifications projection with a fresh replay of the messages feed
-    and with the messages service's own unread counts; exit 1 on any difference."""
+    and with the messages service's own unread counts, and the users table with the fold
+    of the users feed (USERS_DATABASE_URL); exit 1 on any difference."""
     import time
 
     from services.notifications.replay import differences
@@ -457,12 +458,34 @@ def verify(wait):
             problems.insert(0, f"the projection is at position {position}, the log at {head}")
     finally:
         close()
+    problems += _users_differences()
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
         click.echo(f"verify: {len(problems)} difference(s)", err=True)
         sys.exit(1)
-    click.echo(f"verify: the projection matches a fresh replay and the messages service (position {position})")
+    click.echo(f"verify: the projection matches a fresh replay and the messages service (position {position}); "
+               "the users table matches the users feed")
+
+
+def _users_differences() -> list[str]:
+    """The users table against the fold of the users feed (``services.users.replay``)."""
+    from deploy.startup import check_database
+    from kernel.db import create_db_engine, dispose
+    from kernel.settings import database_url
+    from services.users.replay import differences
+    from services.users.storage import STORAGE
+
+    url = database_url("users")
+    with _reported(database=url):
+        check_database(url, "USERS_DATABASE_URL")
+        engine = create_db_engine(url, pool_size=1)
+        storage = STORAGE.open(engine)
+        try:
+            return [f"users: {problem}" for problem in differences(storage)]
+        finally:
+            storage.close()
+            dispose(engine)
 
 
 @main.command()

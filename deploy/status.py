@@ -4,6 +4,8 @@ own ``stats`` RPCs, checked against bounds.
 * messages: the log's head, the outbox relay's ``published`` position, the backlog between
   them (events committed but not yet on the broker). Its inbox read model is written in the
   same transaction as each append, so it has no position of its own and never lags.
+* users: the same for its log (registrations and profile edits); nothing in the system
+  projects it yet.
 * notifications: the projection's tracking position, the feed's head (the messages log's
   head) and the lag between them.
 """
@@ -29,19 +31,21 @@ def gather(call, max_lag: int, max_backlog: int) -> Report:
         projection = None
         report.lines.append(f"notifications  unavailable ({_reason(exc)})")
         report.problems.append("the notifications service did not answer: its lag is unknown")
-    try:
-        outbox = call("messages", "stats")
-    except Exception as exc:
-        outbox = None
-        report.lines.append(f"messages       unavailable ({_reason(exc)})")
-        report.problems.append("the messages service did not answer: the log head and outbox backlog are unknown")
-
-    if outbox is not None:
-        report.lines.append(f"messages       log head {outbox['head']}  published {outbox['published']}  "
+    outboxes = {}
+    for service in ("messages", "users"):
+        try:
+            outboxes[service] = call(service, "stats")
+        except Exception as exc:
+            report.lines.append(f"{service:<14} unavailable ({_reason(exc)})")
+            report.problems.append(f"the {service} service did not answer: its log head and outbox backlog are unknown")
+    for service, outbox in outboxes.items():
+        report.lines.append(f"{service:<14} log head {outbox['head']}  published {outbox['published']}  "
                             f"outbox backlog {outbox['backlog']}")
-        report.lines.append("  inbox        written with each append: no lag")
+        if service == "messages":
+            report.lines.append("  inbox        written with each append: no lag")
         if outbox["backlog"] > max_backlog:
-            report.problems.append(f"outbox backlog {outbox['backlog']} is over --max-backlog {max_backlog}")
+            report.problems.append(f"{service} outbox backlog {outbox['backlog']} is over --max-backlog {max_backlog}")
+    outbox = outboxes.get("messages")
     if projection is not None:
         head = outbox["head"] if outbox is not None else projection.get("head")
         if head is None:

@@ -1,4 +1,4 @@
-"""Event contracts shared by the producer (messages) and every consumer.
+"""Event contracts shared by the producers (messages, users) and every consumer.
 
 Events are frozen dataclasses with explicit ``to_dict``/``from_dict``: nothing crosses the
 broker or the feed as an ad-hoc dict. ``event_type`` is the class name and doubles as the
@@ -136,7 +136,30 @@ class InboxRead(Event):
     user_id: int
 
 
-EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in (MessageSent, InboxRead)}
+@dataclass(frozen=True, kw_only=True)
+class UserRegistered(Event):
+    """An account was opened (producer: users; consumers: the gateway's caches of names).
+    Public fields only: never the email or the password hash. Accounts that existed before
+    the users log did were logged by its migration with their name at that time."""
+
+    user_id: int
+    username: str
+    about_me: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileChanged(Event):
+    """User ``user_id`` edited their profile: the whole public profile after the edit
+    (producer: users; consumers: the gateway's caches). Appended only when the username or
+    about_me actually changed."""
+
+    user_id: int
+    username: str
+    about_me: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (MessageSent, InboxRead, UserRegistered, ProfileChanged)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -179,7 +179,7 @@ def empty_tables(url: str) -> None:
         else:
             for table in tables:
                 connection.execute(text(f"DELETE FROM {table}"))
-        if "counters" in tables:  # the messages log's named positions start again at 0
+        if "counters" in tables:  # an event log's named positions start again at 0 (messages, users)
             connection.execute(text("INSERT INTO counters (name, position) VALUES ('log_head', 0), ('published', 0)"))
         if "tracking" in tables:
             connection.execute(text("INSERT INTO tracking (projection, position) VALUES ('notifications', 0)"))
@@ -225,12 +225,17 @@ def notifications_db_url(request, tmp_path):
 
 
 @pytest.fixture
-def users_session(users_db_url):
+def users_db(users_db_url):
+    """A recorder (the storage class its dialect picks) of an empty users database: what
+    the service's ``Database`` dependency injects per worker; ``.session`` for the ORM."""
+    from kernel.db import dispose
+    from services.users.storage import STORAGE
+
     engine, make_session = _session(users_db_url)
-    session = make_session()
-    yield session
-    session.close()
-    engine.dispose()
+    storage = STORAGE.open(engine, make_session)
+    yield storage
+    storage.close()
+    dispose(engine)
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Account rules as plain functions over a SQLAlchemy session: the users service's core."""
+"""Account rules as plain functions over the service's storage (``storage.STORAGE``: its
+``session`` for the ORM, ``append`` for the event log): the users service's core.
+
+Registering and editing a profile append ``UserRegistered``/``ProfileChanged`` in the same
+transaction as the row they describe; the outbox relay publishes them after commit."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +17,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.clock import as_utc, utcnow
+from kernel.events import ProfileChanged, UserRegistered
 from kernel.logs import clip
 from kernel.errors import (
     EmailTaken,
@@ -107,7 +112,8 @@ def _username_taken(session: Session, username: str, except_id: int | None = Non
     return user is not None and user.id != except_id
 
 
-def register(session: Session, username, email, password, hasher=generate_password_hash) -> dict:
+def register(storage, username, email, password, hasher=generate_password_hash) -> dict:
+    session = storage.session
     username = clean_username(username)
     email = clean_email(email)
     password = clean_password(password)
@@ -126,18 +132,23 @@ def register(session: Session, username, email, password, hasher=generate_passwo
     )
     session.add(user)
     try:
-        session.commit()
+        session.flush()  # gives the id the event needs
     except IntegrityError:
         # Another registration with the same name or email committed first.
         session.rollback()
         if _username_taken(session, username):
             raise UsernameTaken("Please use a different username.") from None
         raise EmailTaken("Please use a different email address.") from None
+    # Logged in the row's transaction: both commit or neither. One registration is never
+    # two events: repeated (a redelivered call, a resubmitted form), it finds the name taken.
+    storage.append(UserRegistered(user_id=user.id, username=username, about_me="", occurred_at=now))
+    storage.commit()
     return public_profile(user)
 
 
-def authenticate(session: Session, username, password, checker=check_password_hash) -> dict:
+def authenticate(storage, username, password, checker=check_password_hash) -> dict:
     """The user's profile if the password matches; ``InvalidCredentials`` otherwise."""
+    session = storage.session
     if not isinstance(username, str) or not isinstance(password, str):
         raise InvalidCredentials("Invalid username or password")
     user = _find_by_username(session, username.strip()) if username.strip() else None
@@ -160,18 +171,18 @@ def _get(session: Session, user_id) -> User:
     return user
 
 
-def get_user(session: Session, user_id) -> dict:
-    return public_profile(_get(session, user_id))
+def get_user(storage, user_id) -> dict:
+    return public_profile(_get(storage.session, user_id))
 
 
-def get_user_by_username(session: Session, username) -> dict:
-    user = _find_by_username(session, username.strip()) if isinstance(username, str) else None
+def get_user_by_username(storage, username) -> dict:
+    user = _find_by_username(storage.session, username.strip()) if isinstance(username, str) else None
     if user is None:
         raise UserNotFound(f"User {clip(username)} not found.")
     return public_profile(user)
 
 
-def get_users(session: Session, user_ids) -> dict[str, dict]:
+def get_users(storage, user_ids) -> dict[str, dict]:
     """Profiles of many users in one query, keyed by id as a string (JSON keys are strings).
 
     Unknown ids are left out, so a caller can tell who no longer exists.
@@ -179,27 +190,34 @@ def get_users(session: Session, user_ids) -> dict[str, dict]:
     ids = sorted({i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)})
     if not ids:
         return {}
-    users = session.scalars(select(User).where(User.id.in_(ids)))
+    users = storage.session.scalars(select(User).where(User.id.in_(ids)))
     return {str(user.id): public_profile(user) for user in users}
 
 
-def update_profile(session: Session, user_id, username, about_me) -> dict:
+def update_profile(storage, user_id, username, about_me) -> dict:
+    session = storage.session
     user = _get(session, user_id)
     username = clean_username(username)
     about_me = clean_about_me(about_me)
     if _username_taken(session, username, except_id=user.id):
         raise UsernameTaken("Please use a different username.")
-    user.username = username
-    user.about_me = about_me
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise UsernameTaken("Please use a different username.") from None
+    # Only a real change is logged (the log holds facts): an edit saved unchanged, or
+    # repeated, appends nothing.
+    if (username, about_me) != (user.username, user.about_me):
+        user.username = username
+        user.about_me = about_me
+        try:
+            session.flush()
+        except IntegrityError:
+            session.rollback()
+            raise UsernameTaken("Please use a different username.") from None
+        storage.append(ProfileChanged(user_id=user.id, username=username, about_me=about_me))
+    storage.commit()
     return public_profile(user)
 
 
-def record_seen(session: Session, user_id) -> dict:
+def record_seen(storage, user_id) -> dict:
+    session = storage.session
     user = _get(session, user_id)
     user.last_seen = utcnow()
     session.commit()
@@ -221,13 +239,14 @@ def _valid_user_id(user_id) -> bool:
     return isinstance(user_id, int) and not isinstance(user_id, bool)
 
 
-def open_session(session: Session, user_id, lifetime_seconds) -> dict:
+def open_session(storage, user_id, lifetime_seconds) -> dict:
     """Start a session for ``user_id``, valid for ``lifetime_seconds`` unless ended first.
 
     Returns ``{"token", "expires_at"}``; the token is shown this once. The user's other
     sessions are left alone (another browser stays signed in), but expired ones are
     cleared away here, so the table holds only live sessions and a few dead ones.
     """
+    session = storage.session
     user = _get(session, user_id)
     if isinstance(lifetime_seconds, bool) or not isinstance(lifetime_seconds, (int, float)) or lifetime_seconds <= 0:
         raise ValidationFailed("lifetime_seconds must be a positive number of seconds.")
@@ -249,12 +268,13 @@ def _live_session(session: Session, user_id, token) -> UserSession | None:
     return row
 
 
-def check_session(session: Session, user_id, token) -> dict | None:
+def check_session(storage, user_id, token) -> dict | None:
     """The user's profile if ``token`` is a live session of ``user_id``, else None.
 
     None, not an error, for a session that ended or never was: a signed-out cookie is an
     everyday thing, not worth an error in the log.
     """
+    session = storage.session
     row = _live_session(session, user_id, token)
     if row is None:
         return None
@@ -262,8 +282,9 @@ def check_session(session: Session, user_id, token) -> dict | None:
     return public_profile(user) if user is not None else None
 
 
-def end_session(session: Session, user_id, token) -> bool:
+def end_session(storage, user_id, token) -> bool:
     """End a session (sign-out): True if it was live. Ending it again is harmless."""
+    session = storage.session
     row = _live_session(session, user_id, token)
     if row is None:
         return False

@@ -1,12 +1,20 @@
-"""The users nameko service: RPC entry points only; the rules live in ``accounts``."""
+"""The users nameko service: RPC entry points only; the rules live in ``accounts``, the
+storage (tables and event log) in ``storage``. Its events go out through the outbox relay."""
 from eventlet import tpool
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.db import Database
+from kernel.errors import ValidationFailed
+from kernel.eventlog import FEED_BATCH_MAX
 from kernel.health import HealthCheck
-from kernel.metrics import Metrics
+from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
+from kernel.outbox import Outbox
 from kernel.rpc import rpc
 from services.users import accounts
+from services.users.storage import STORAGE
+
+
+POSITION_MAX = 2**63 - 1  # positions are 64-bit integers in both databases
 
 
 def _hash_off_loop(password: str) -> str:
@@ -22,12 +30,15 @@ def _check_off_loop(password_hash: str, password: str) -> bool:
 class UsersService(HealthCheck):
     name = "users"
 
-    db = Database("USERS_DATABASE_URL")
+    db = Database("USERS_DATABASE_URL", storage=STORAGE)
+    outbox = Outbox("db")
     metrics = Metrics()
 
     @rpc
     def register(self, username, email, password):
-        return accounts.register(self.db, username, email, password, hasher=_hash_off_loop)
+        profile = accounts.register(self.db, username, email, password, hasher=_hash_off_loop)
+        self.outbox.wake()
+        return profile
 
     @rpc
     def authenticate(self, username, password):
@@ -47,7 +58,9 @@ class UsersService(HealthCheck):
 
     @rpc
     def update_profile(self, user_id, username, about_me):
-        return accounts.update_profile(self.db, user_id, username, about_me)
+        profile = accounts.update_profile(self.db, user_id, username, about_me)
+        self.outbox.wake()  # woken after every edit: one that changed nothing costs an empty relay round
+        return profile
 
     @rpc
     def record_seen(self, user_id):
@@ -64,3 +77,24 @@ class UsersService(HealthCheck):
     @rpc
     def end_session(self, user_id, token):
         return accounts.end_session(self.db, user_id, token)
+
+    @rpc
+    def events_after(self, position, limit=FEED_BATCH_MAX):
+        """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
+        for name, value in (("position", position), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= POSITION_MAX:
+                raise ValidationFailed(f"{name} must be a whole number from 0 to {POSITION_MAX}.", name)
+        return self.db.events_after(position, limit)
+
+    @rpc
+    def head(self):
+        return self.db.head()
+
+    @rpc
+    def stats(self):
+        """The log's head, the outbox's published position and the backlog between them."""
+        return set_outbox(*self.db.outbox_state(), service="users")
+
+    @metrics_refresh
+    def refresh_metrics(self):
+        refresh_quietly(self.stats)

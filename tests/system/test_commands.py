@@ -259,10 +259,21 @@ def test_verify_and_replay_notifications_against_running_services(tmp_path, real
             rpc.messages.mark_inbox_read(john)
             rpc.messages.send_message(john, susan, "hello back", idempotency_key=uuid.uuid4().hex)
             rpc.messages.send_message(susan, john, "again", idempotency_key=uuid.uuid4().hex)
-
+            rpc.users.update_profile(susan, "susan2", "renamed")
         result = microblog("verify")
         assert result.returncode == 0, result.stderr
-        assert "matches a fresh replay" in result.stdout
+        assert "matches a fresh replay" in result.stdout and "the users table matches the users feed" in result.stdout
+
+        # A profile changed without its event: the users feed no longer folds to the table.
+        users = create_db_engine(env["USERS_DATABASE_URL"], pool_size=1)
+        with users.begin() as connection:
+            connection.execute(text("UPDATE users SET about_me = 'unlogged' WHERE id = :id"), {"id": john})
+        result = microblog("verify")
+        assert result.returncode == 1
+        assert f"users: user {john}: the feed gives ('john', ''), the users table ('john', 'unlogged')" in result.stderr
+        with users.begin() as connection:
+            connection.execute(text("UPDATE users SET about_me = '' WHERE id = :id"), {"id": john})
+        users.dispose()
 
         engine = create_db_engine(env["NOTIFICATIONS_DATABASE_URL"], pool_size=1)
         with engine.begin() as connection:

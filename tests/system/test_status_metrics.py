@@ -68,7 +68,8 @@ def test_status_and_metrics_against_the_running_services(tmp_path, real_infra, r
         # Everything caught up: status says so and exits 0.
         result = eventually(lambda: (r := status(env)).returncode == 0 and r, what="status ok")
         assert "notifications  position 3  head 3  lag 0" in result.stdout, result.stdout
-        assert "log head 3  published 3  outbox backlog 0" in result.stdout, result.stdout
+        assert "messages       log head 3  published 3  outbox backlog 0" in result.stdout, result.stdout
+        assert "users          log head 2  published 2  outbox backlog 0" in result.stdout, result.stdout
         assert "status: ok" in result.stdout
 
         # Each service's metrics: RPC counts and timings per method and outcome, and gauges.
@@ -93,6 +94,7 @@ def test_status_and_metrics_against_the_running_services(tmp_path, real_infra, r
         assert value(samples, "microblog_rpc_requests_total", service="users", method="register", outcome="ok") == 2
         assert value(samples, "microblog_rpc_requests_total", service="users", method="authenticate",
                      outcome="ok") == 2
+        assert value(samples, "microblog_outbox_log_head", service="users") == 2
 
         # The gateway's /metrics: every gunicorn worker's requests and RPC calls, summed.
         samples = scrape(cluster.base + "/metrics")
@@ -131,7 +133,7 @@ def test_status_and_metrics_against_the_running_services(tmp_path, real_infra, r
         result = status(env, "--max-backlog", "1")
         assert result.returncode == 1
         assert "log head 7  published 5  outbox backlog 2" in result.stdout
-        assert "status: outbox backlog 2 is over --max-backlog 1" in result.stderr
+        assert "status: messages outbox backlog 2 is over --max-backlog 1" in result.stderr
         eventually(lambda: value(scrape(metrics["messages"]), "microblog_outbox_backlog", service="messages") == 2,
                    what="backlog gauge at 2")
         messages_db.rollback()

@@ -12,63 +12,63 @@ PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def susan(users_session):
-    return accounts.register(users_session, "susan", "susan@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
+def susan(users_db):
+    return accounts.register(users_db, "susan", "susan@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
 
 
-def test_a_session_is_live_until_it_ends(users_session, susan):
-    opened = accounts.open_session(users_session, susan, 3600)
+def test_a_session_is_live_until_it_ends(users_db, susan):
+    opened = accounts.open_session(users_db, susan, 3600)
     token = opened["token"]
-    assert accounts.check_session(users_session, susan, token)["username"] == "susan"
-    assert accounts.end_session(users_session, susan, token) is True
-    assert accounts.check_session(users_session, susan, token) is None
-    assert accounts.end_session(users_session, susan, token) is False  # twice is harmless
+    assert accounts.check_session(users_db, susan, token)["username"] == "susan"
+    assert accounts.end_session(users_db, susan, token) is True
+    assert accounts.check_session(users_db, susan, token) is None
+    assert accounts.end_session(users_db, susan, token) is False  # twice is harmless
 
 
-def test_sessions_are_independent(users_session, susan):
-    first = accounts.open_session(users_session, susan, 3600)["token"]
-    second = accounts.open_session(users_session, susan, 3600)["token"]
+def test_sessions_are_independent(users_db, susan):
+    first = accounts.open_session(users_db, susan, 3600)["token"]
+    second = accounts.open_session(users_db, susan, 3600)["token"]
     assert first != second
-    accounts.end_session(users_session, susan, first)
-    assert accounts.check_session(users_session, susan, second) is not None
+    accounts.end_session(users_db, susan, first)
+    assert accounts.check_session(users_db, susan, second) is not None
 
 
-def test_a_token_is_no_good_for_another_user_or_altered(users_session, susan):
-    john = accounts.register(users_session, "john", "john@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
-    token = accounts.open_session(users_session, susan, 3600)["token"]
-    assert accounts.check_session(users_session, john, token) is None
-    assert accounts.end_session(users_session, john, token) is False  # john cannot end susan's
-    assert accounts.check_session(users_session, susan, token) is not None
+def test_a_token_is_no_good_for_another_user_or_altered(users_db, susan):
+    john = accounts.register(users_db, "john", "john@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
+    token = accounts.open_session(users_db, susan, 3600)["token"]
+    assert accounts.check_session(users_db, john, token) is None
+    assert accounts.end_session(users_db, john, token) is False  # john cannot end susan's
+    assert accounts.check_session(users_db, susan, token) is not None
     for bad in (token + "x", token[:-1], "", "x" * 5000, None, 5, [token]):
-        assert accounts.check_session(users_session, susan, bad) is None, bad
+        assert accounts.check_session(users_db, susan, bad) is None, bad
     for bad_id in (None, "1", True, 1.0, 10**30):
-        assert accounts.check_session(users_session, bad_id, token) is None
+        assert accounts.check_session(users_db, bad_id, token) is None
 
 
-def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_session, susan, monkeypatch):
+def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_db, susan, monkeypatch):
     from datetime import timedelta
 
-    token = accounts.open_session(users_session, susan, 0.05)["token"]
-    assert accounts.check_session(users_session, susan, token) is not None
+    token = accounts.open_session(users_db, susan, 0.05)["token"]
+    assert accounts.check_session(users_db, susan, token) is not None
     later = accounts.utcnow() + timedelta(seconds=0.1)
     monkeypatch.setattr(accounts, "utcnow", lambda: later)  # the accounts' clock moves on: no waiting
-    assert accounts.check_session(users_session, susan, token) is None
-    accounts.open_session(users_session, susan, 3600)
-    assert users_session.scalar(select(func.count()).select_from(UserSession)) == 1
+    assert accounts.check_session(users_db, susan, token) is None
+    accounts.open_session(users_db, susan, 3600)
+    assert users_db.session.scalar(select(func.count()).select_from(UserSession)) == 1
 
 
-def test_only_a_hash_of_the_token_is_stored(users_session, susan):
-    token = accounts.open_session(users_session, susan, 3600)["token"]
-    [row] = users_session.scalars(select(UserSession))
+def test_only_a_hash_of_the_token_is_stored(users_db, susan):
+    token = accounts.open_session(users_db, susan, 3600)["token"]
+    [row] = users_db.session.scalars(select(UserSession))
     assert token not in row.token_hash and len(row.token_hash) == 64
 
 
-def test_opening_a_session_checks_its_arguments(users_session, susan):
+def test_opening_a_session_checks_its_arguments(users_db, susan):
     with pytest.raises(UserNotFound):
-        accounts.open_session(users_session, susan + 1, 3600)
+        accounts.open_session(users_db, susan + 1, 3600)
     for lifetime in (0, -1, "3600", None, True):
         with pytest.raises(ValidationFailed):
-            accounts.open_session(users_session, susan, lifetime)
+            accounts.open_session(users_db, susan, lifetime)
 
 
 def test_session_checks_expire_forget_and_stay_bounded(monkeypatch):

@@ -6,8 +6,8 @@ from services.users.service import UsersService
 PASSWORD = "correct horse battery"
 
 
-def test_entry_points_use_the_injected_session(users_session):
-    service = worker_factory(UsersService, db=users_session)
+def test_entry_points_use_the_injected_session(users_db):
+    service = worker_factory(UsersService, db=users_db)
     profile = service.register("susan", "susan@example.com", PASSWORD)
     assert service.authenticate("susan", PASSWORD)["id"] == profile["id"]
     assert service.get_user(profile["id"])["username"] == "susan"
