@@ -18,7 +18,11 @@ from typing import Callable
 import eventlet
 from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
+from kernel.errors import ValidationFailed
+from kernel.eventlog import FEED_BATCH_MAX
+from kernel.metrics import metrics_refresh, refresh_quietly, set_outbox
 from kernel.outage import OutageLog
+from kernel.rpc import rpc
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +279,34 @@ class Outbox(DependencyProvider):
 
     def get_dependency(self, worker_ctx) -> OutboxRelay:
         return self.relay
+
+
+POSITION_MAX = 2**63 - 1  # positions are 64-bit integers in both databases
+
+
+class EventSource:
+    """Mixin for a nameko service with an event log (``db`` injects a ``kernel.eventlog``
+    recorder) and an ``Outbox``: the feed other services read (``events_after``, ``head``)
+    and the outbox's figures (``stats``: ``microblog status`` and the metrics gauges)."""
+
+    @rpc
+    def events_after(self, position, limit=FEED_BATCH_MAX):
+        """The feed: events with position > ``position``, oldest first, at most ``limit``
+        (at most 1000)."""
+        for name, value in (("position", position), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= POSITION_MAX:
+                raise ValidationFailed(f"{name} must be a whole number from 0 to {POSITION_MAX}.", name)
+        return self.db.events_after(position, limit)
+
+    @rpc
+    def head(self):
+        return self.db.head()
+
+    @rpc
+    def stats(self):
+        """The log's head, the outbox's published position and the backlog between them."""
+        return set_outbox(*self.db.outbox_state(), service=self.name)
+
+    @metrics_refresh
+    def refresh_metrics(self):
+        refresh_quietly(self.stats)

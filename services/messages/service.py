@@ -5,9 +5,8 @@ from kernel.calls import call_with_timeout
 from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.health import HealthCheck
-from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
-from kernel.eventlog import FEED_BATCH_MAX
-from kernel.outbox import Outbox
+from kernel.metrics import Metrics
+from kernel.outbox import EventSource, Outbox
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands
 from services.messages.storage import STORAGE
@@ -15,7 +14,7 @@ from services.messages.storage import STORAGE
 KNOWN_USERS: set[int] = set()
 
 
-class MessagesService(HealthCheck):
+class MessagesService(HealthCheck, EventSource):
     name = "messages"
 
     db = Database("MESSAGES_DATABASE_URL", storage=STORAGE)
@@ -68,24 +67,3 @@ class MessagesService(HealthCheck):
     def unread_counts(self, user_ids):
         ids = [i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)] if isinstance(user_ids, list) else []
         return self.db.unread_counts(ids)
-
-    @rpc
-    def events_after(self, position, limit=FEED_BATCH_MAX):
-        """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise ValidationFailed("position must be a whole number, 0 or more.")
-        return self.db.events_after(position, limit)
-
-    @rpc
-    def head(self):
-        return self.db.head()
-
-    @rpc
-    def stats(self):
-        """The log's head, the outbox's published position and the backlog between them
-        (``microblog status``; also the metrics gauges)."""
-        return set_outbox(*self.db.outbox_state())
-
-    @metrics_refresh
-    def refresh_metrics(self):
-        refresh_quietly(self.stats)

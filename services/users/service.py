@@ -4,17 +4,12 @@ from eventlet import tpool
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.db import Database
-from kernel.errors import ValidationFailed
-from kernel.eventlog import FEED_BATCH_MAX
 from kernel.health import HealthCheck
-from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
-from kernel.outbox import Outbox
+from kernel.metrics import Metrics
+from kernel.outbox import EventSource, Outbox
 from kernel.rpc import rpc
 from services.users import accounts
 from services.users.storage import STORAGE
-
-
-POSITION_MAX = 2**63 - 1  # positions are 64-bit integers in both databases
 
 
 def _hash_off_loop(password: str) -> str:
@@ -27,7 +22,7 @@ def _check_off_loop(password_hash: str, password: str) -> bool:
     return tpool.execute(check_password_hash, password_hash, password)
 
 
-class UsersService(HealthCheck):
+class UsersService(HealthCheck, EventSource):
     name = "users"
 
     db = Database("USERS_DATABASE_URL", storage=STORAGE)
@@ -77,24 +72,3 @@ class UsersService(HealthCheck):
     @rpc
     def end_session(self, user_id, token):
         return accounts.end_session(self.db, user_id, token)
-
-    @rpc
-    def events_after(self, position, limit=FEED_BATCH_MAX):
-        """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
-        for name, value in (("position", position), ("limit", limit)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= POSITION_MAX:
-                raise ValidationFailed(f"{name} must be a whole number from 0 to {POSITION_MAX}.", name)
-        return self.db.events_after(position, limit)
-
-    @rpc
-    def head(self):
-        return self.db.head()
-
-    @rpc
-    def stats(self):
-        """The log's head, the outbox's published position and the backlog between them."""
-        return set_outbox(*self.db.outbox_state(), service="users")
-
-    @metrics_refresh
-    def refresh_metrics(self):
-        refresh_quietly(self.stats)

@@ -131,8 +131,11 @@ def test_typed_errors_and_the_feed(running, config):
         assert error.value.field == "message"
         with pytest.raises(ValidationFailed):
             rpc.messages.inbox(susan["id"], 0)
-        with pytest.raises(ValidationFailed):
-            rpc.messages.events_after(-1)
+        for field, position, limit in (("position", -1, 10), ("position", 2**70, 10), ("position", "1", 10),
+                                       ("position", True, 10), ("limit", 0, "x"), ("limit", 0, -5)):
+            with pytest.raises(ValidationFailed) as error:  # the same checks as the users' feed (EventSource)
+                rpc.messages.events_after(position, limit)
+            assert error.value.field == field, (position, limit)
         for i in range(3):
             rpc.messages.send_message(susan["id"], susan["id"], f"note {i}", idempotency_key=uuid.uuid4().hex)
         feed = rpc.messages.events_after(1)
