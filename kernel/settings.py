@@ -84,6 +84,17 @@ def metrics_port() -> int:
     return port
 
 
+def outbox_config() -> dict:
+    """What a service with an event log adds (``kernel.outbox``)."""
+    return {
+        # How often the outbox relay looks for unpublished events when nothing woke it.
+        "OUTBOX_POLL_INTERVAL": env_float("OUTBOX_POLL_INTERVAL", 1.0, minimum=0.01),
+        # How long the relay waits after a wake-up to gather more events into one batch
+        # (0: publish at once; measured best for send-to-visible latency).
+        "OUTBOX_LINGER": env_float("OUTBOX_LINGER", 0.0, minimum=0.0),
+    }
+
+
 def service_config(service: str, **extra) -> dict:
     """The nameko config every service shares, from ``AMQP_URI``, ``<SERVICE>_DATABASE_URL``,
     ``<SERVICE>_DB_POOL_SIZE``, ``<SERVICE>_MAX_WORKERS``, ``METRICS_PORT`` and

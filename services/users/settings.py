@@ -3,4 +3,4 @@ from kernel import settings as env
 
 
 def nameko_config() -> dict:
-    return env.service_config("users")
+    return env.service_config("users", **env.outbox_config())
