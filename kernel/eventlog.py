@@ -15,6 +15,7 @@ subclasses ``SqliteLog`` or ``PostgresLog`` and adds its own read model.
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from sqlalchemy import (BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, insert, select, text,
@@ -192,18 +193,9 @@ _RECORD_AND_COMMIT = text("UPDATE counters SET position = :position WHERE name =
 
 
 class PostgresLog(EventLog):
-    # Read-model statements that run in the append's statement, as CTEs reading the new
-    # row from ``logged`` (position, event_type, occurred_at, data): a subclass's own.
-    PROJECTIONS: tuple[str, ...] = ()
-    _statement = None
-
-    @classmethod
-    def _append_statement(cls):
-        # Built once per class: the same object then hits SQLAlchemy's compiled cache.
-        if cls.__dict__.get("_statement") is None:
-            parts = "".join(f", projected_{i} AS (\n    {sql}\n)" for i, sql in enumerate(cls.PROJECTIONS))
-            cls._statement = text(_APPEND_WITH.format(projections=parts))
-        return cls._statement
+    # Read-model statements that run in the append's statement, by event type, as CTEs
+    # reading the new row from ``logged`` (position, event_type, occurred_at, data).
+    PROJECTIONS: dict[str, tuple[str, ...]] = {}
 
     def _autocommit(self):
         return autocommit_engine_for(self.session.get_bind()).connect()
@@ -218,7 +210,8 @@ class PostgresLog(EventLog):
             try:
                 values = row_values(event, 0)
                 del values["position"]
-                position, appended = connection.execute(self._append_statement(), values).one()
+                statement = _append_statement(self.PROJECTIONS.get(event.event_type(), ()))
+                position, appended = connection.execute(statement, values).one()
             except IntegrityError as error:
                 if "idempotency_key" not in str(getattr(error, "orig", error)):
                     raise
@@ -245,6 +238,13 @@ class PostgresLog(EventLog):
             finally:
                 if not ended:
                     _rollback(connection)
+
+
+@functools.lru_cache(maxsize=32)
+def _append_statement(projections: tuple[str, ...]):
+    # Parsed once per event type: the same object then hits SQLAlchemy's compiled cache.
+    parts = "".join(f", projected_{i} AS (\n    {sql}\n)" for i, sql in enumerate(projections))
+    return text(_APPEND_WITH.format(projections=parts))
 
 
 def _rollback(connection) -> None:

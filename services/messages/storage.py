@@ -82,7 +82,7 @@ class Inbox:
     # -- replay: build beside the live tables, then swap -----------------------------
 
     def _project(self, source: str, messages: Table, states: Table, params: dict) -> None:
-        for statement in _statements(self.RULES, source, messages.name, states.name):
+        for statement in _statements(tuple(self.RULES.values()), source, messages.name, states.name):
             self.session.execute(statement, params)
 
     def rebuild(self, progress=None) -> int:
@@ -135,18 +135,22 @@ def _iso(moment) -> str:
 
 
 class PostgresMessages(Inbox, PostgresLog):
-    RULES = (
+    RULES = {
+        "MessageSent":
         "INSERT INTO {messages} (id, sender_id, recipient_id, body, sent_at) "
         "SELECT position, CAST(data::json->>'sender_id' AS integer), CAST(data::json->>'recipient_id' AS integer), "
         "data::json->>'body', occurred_at FROM {source} WHERE event_type = 'MessageSent'",
+        "InboxRead":
         "INSERT INTO {states} (user_id, last_read_position) "
         "SELECT CAST(data::json->>'user_id' AS integer), max(position) FROM {source} "
         "WHERE event_type = 'InboxRead' GROUP BY 1 "
         "ON CONFLICT (user_id) DO UPDATE SET last_read_position = "
         "GREATEST({states}.last_read_position, EXCLUDED.last_read_position)",
-    )
-    # The rules in the append's own statement, reading the new row from ``logged``.
-    PROJECTIONS = tuple(sql.format(source="logged", messages=MESSAGES.name, states=STATES.name) for sql in RULES)
+    }
+    # In the append's own statement, the rule of the event's type, reading the new row from
+    # ``logged`` (only that rule: the other would be planned for nothing, ~0.05 ms a send).
+    PROJECTIONS = {event_type: (sql.format(source="logged", messages=MESSAGES.name, states=STATES.name),)
+                   for event_type, sql in RULES.items()}
 
     def commit_event(self, event) -> dict:
         """Append ``event`` and update the inbox, one statement in its own transaction (see
@@ -156,16 +160,18 @@ class PostgresMessages(Inbox, PostgresLog):
 
 
 class SqliteMessages(Inbox, SqliteLog):
-    RULES = (
+    RULES = {
+        "MessageSent":
         "INSERT INTO {messages} (id, sender_id, recipient_id, body, sent_at) "
         "SELECT position, json_extract(data, '$.sender_id'), json_extract(data, '$.recipient_id'), "
         "json_extract(data, '$.body'), occurred_at FROM {source} WHERE event_type = 'MessageSent'",
+        "InboxRead":
         "INSERT INTO {states} (user_id, last_read_position) "
         "SELECT json_extract(data, '$.user_id'), max(position) FROM {source} "
         "WHERE event_type = 'InboxRead' GROUP BY 1 "
         "ON CONFLICT (user_id) DO UPDATE SET last_read_position = "
         "max({states}.last_read_position, excluded.last_read_position)",
-    )
+    }
 
     def commit_event(self, event) -> dict:
         """As on PostgreSQL, in one transaction: the one connection is taken with BEGIN

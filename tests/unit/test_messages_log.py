@@ -101,13 +101,12 @@ def test_unknown_recipient_is_refused_and_nothing_is_appended(messages_db):
 def test_a_failed_transaction_leaves_no_event_and_no_gap(messages_db, monkeypatch):
     make_session = storage_of(messages_db)
     # A read-model insert that fails, in either database's way of applying the rules.
-    monkeypatch.setattr(PostgresMessages, "PROJECTIONS", ("INSERT INTO inbox_messages (id) SELECT NULL FROM logged",))
-    monkeypatch.setattr(PostgresMessages, "_statement", None)
-    monkeypatch.setattr(SqliteMessages, "RULES", ("INSERT INTO inbox_messages (id) SELECT NULL FROM {source}",))
+    monkeypatch.setattr(PostgresMessages, "PROJECTIONS",
+                        {"MessageSent": ("INSERT INTO inbox_messages (id) SELECT NULL FROM logged",)})
+    monkeypatch.setattr(SqliteMessages, "RULES", {"MessageSent": "INSERT INTO inbox_messages (id) SELECT NULL FROM {source}"})
     with pytest.raises(Exception):
         send(make_session, 1, 2, "lost?")
     monkeypatch.undo()
-    PostgresMessages._statement = None
     assert send(make_session, 1, 2, "kept")["position"] == 1
     session = make_session()
     assert [e.body for e in session.read_after(0)] == ["kept"]
