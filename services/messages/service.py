@@ -6,7 +6,7 @@ from kernel.db import Database
 from kernel.errors import ValidationFailed
 from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_outbox
-from kernel.eventlog import FEED_BATCH_MAX
+from kernel.eventlog import FEED_BATCH_MAX, REPLAY_BATCH_MAX
 from kernel.outbox import Outbox
 from kernel.rpc import RpcProxy, rpc
 from services.messages import commands
@@ -72,9 +72,12 @@ class MessagesService(HealthCheck):
     @rpc
     def events_after(self, position, limit=FEED_BATCH_MAX):
         """The feed: events with position > ``position``, oldest first, in batches of at most 1000."""
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise ValidationFailed("position must be a whole number, 0 or more.")
-        return self.db.events_after(position, limit)
+        return self.db.events_after(_position(position), limit)
+
+    @rpc
+    def events_after_json(self, position, limit=REPLAY_BATCH_MAX):
+        """``events_after`` as one JSON text, in batches of up to 10,000: a replay's feed."""
+        return self.db.events_after_json(_position(position), limit)
 
     @rpc
     def head(self):
@@ -89,3 +92,9 @@ class MessagesService(HealthCheck):
     @metrics_refresh
     def refresh_metrics(self):
         refresh_quietly(self.stats)
+
+
+def _position(position):
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValidationFailed("position must be a whole number, 0 or more.")
+    return position
