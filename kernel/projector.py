@@ -348,13 +348,16 @@ def json_feed(read: Callable[[int, int], str]) -> Feed:
 def batches(feed: Feed, after: int = 0, size: int = FEED_BATCH) -> Iterator[list[dict]]:
     """The feed's payloads after ``after``, batch by batch until an empty one; the next
     batch is asked for (on a thread: ``feed`` must be thread-safe) while the caller works
-    on the current one."""
+    on the current one, which it is given in parts of at most ``FEED_BATCH``: under
+    eventlet (green threads) the next batch's call runs only when the caller yields, which
+    this does between parts (the call may need several turns before its request is sent)."""
     with ThreadPoolExecutor(1) as ahead:
         batch = feed(after, size)
         while batch:
             following = ahead.submit(feed, batch[-1]["position"], size)
-            time.sleep(0)  # under eventlet (green threads) this sends the request before the caller works
-            yield batch
+            for start in range(0, len(batch), FEED_BATCH):
+                time.sleep(0)
+                yield batch[start:start + FEED_BATCH]
             batch = following.result()
 
 
