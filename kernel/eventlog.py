@@ -110,7 +110,7 @@ class EventLog(Recorder):
     # The statement of ``events_after_json``: a recorder's own (its database's JSON spelling).
     _EVENTS_JSON = None
 
-    def events_after_json(self, position: int, limit: int = FEED_BATCH_MAX) -> str:
+    def events_after_json(self, position: int, limit: int = REPLAY_BATCH_MAX) -> str:
         """``events_after`` as one JSON text (the array of the same payloads, ``occurred_at``
         spelt as ``isoformat`` spells it), made by the database, and up to
         ``REPLAY_BATCH_MAX`` events: what a replay reads. Decoding one string is C work;
