@@ -145,11 +145,13 @@ class EventLog(Recorder):
 def _events_json(quote: str, occurred_at: str, order: str = "") -> text:
     """The statement of ``events_after_json`` in a database's spelling: ``quote`` makes a
     JSON string of a text, ``occurred_at`` spells the time as ``isoformat`` does (UTC,
-    without "+00:00"). ``data`` is already JSON text; ``idempotency_key`` only when set."""
-    event = (f"""'{{"event_type":' || {quote}(event_type) || ',"version":' || version || ',"event_id":' """
-             f"""|| {quote}(event_id) || ',"position":' || position || ',"occurred_at":"' || {occurred_at} """
-             f"""|| '+00:00","data":' || data || CASE WHEN idempotency_key IS NULL THEN '' """
-             f"""ELSE ',"idempotency_key":' || {quote}(idempotency_key) END || '}}'""")
+    without "+00:00"). ``data`` is already JSON text, and ``event_type`` and ``event_id``
+    need no escaping (``append`` writes a class name and a UUID's text); the
+    ``idempotency_key`` only when set."""
+    event = (f"""'{{"event_type":"' || event_type || '","version":' || version || ',"event_id":"' || event_id """
+             f"""|| '","position":' || position || ',"occurred_at":"' || {occurred_at} || '+00:00","data":' || data """
+             f"""|| CASE WHEN idempotency_key IS NULL THEN '' ELSE ',"idempotency_key":' || {quote}(idempotency_key) END """
+             """|| '}'""")
     return text(f"SELECT '[' || coalesce({'string_agg' if order else 'group_concat'}({event}, ','{order}), '') || ']' "
                 "FROM (SELECT * FROM event_log WHERE position > :after ORDER BY position LIMIT :limit) AS batch")
 
