@@ -182,6 +182,7 @@ def replay(args):
     from deploy.registry import SERVICES
     from kernel.db import create_db_engine, dispose
     from kernel.migrations import upgrade
+    from kernel.projector import json_feed
     from services.notifications.replay import rebuild
     from services.notifications.storage import STORAGE
 
@@ -201,7 +202,7 @@ def replay(args):
             pool = RpcPool({"AMQP_URI": amqp_uri}, size=2, timeout=60)
             engine = create_db_engine(urls["notifications"], pool_size=2)
             began = time.perf_counter()
-            position = rebuild(lambda: STORAGE.open(engine), pool.messages.events_after)
+            position = rebuild(lambda: STORAGE.open(engine), json_feed(pool.messages.events_after_json))
             elapsed = time.perf_counter() - began
             dispose(engine)
             pool.stop()

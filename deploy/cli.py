@@ -418,6 +418,7 @@ def _amqp_uri() -> str:
 
 @_reported(database=_notifications_url, broker=_amqp_uri)
 def _replay_notifications():
+    from kernel.projector import json_feed
     from services.notifications.replay import rebuild
 
     open_store, rpc, close = _notifications_tools()
@@ -430,7 +431,7 @@ def _replay_notifications():
                 bar.update(min(position, head) - done[0])
                 done[0] = min(position, head)
 
-            position = rebuild(open_store, rpc.messages.events_after, progress)
+            position = rebuild(open_store, json_feed(rpc.messages.events_after_json), progress)
         click.echo(f"notifications: projection rebuilt from the feed up to position {position} and swapped in")
     finally:
         close()
@@ -445,6 +446,7 @@ def verify(wait):
     of the users feed (USERS_DATABASE_URL); exit 1 on any difference."""
     import time
 
+    from kernel.projector import json_feed
     from services.notifications.replay import differences
 
     open_store, rpc, close = _notifications_tools()
@@ -453,7 +455,7 @@ def verify(wait):
         while rpc.notifications.position() < rpc.messages.head() and time.monotonic() < deadline:
             time.sleep(0.2)
         position, head = rpc.notifications.position(), rpc.messages.head()
-        problems = differences(open_store, rpc.messages.events_after, rpc.messages.unread_counts)
+        problems = differences(open_store, json_feed(rpc.messages.events_after_json), rpc.messages.unread_counts)
         if position < head:
             problems.insert(0, f"the projection is at position {position}, the log at {head}")
     finally:

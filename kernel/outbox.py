@@ -19,7 +19,7 @@ import eventlet
 from eventlet.event import Event as Signal
 from nameko.extensions import DependencyProvider
 from kernel.errors import ValidationFailed
-from kernel.eventlog import FEED_BATCH_MAX
+from kernel.eventlog import FEED_BATCH_MAX, REPLAY_BATCH_MAX
 from kernel.metrics import metrics_refresh, refresh_quietly, set_outbox
 from kernel.outage import OutageLog
 from kernel.rpc import rpc
@@ -293,10 +293,12 @@ class EventSource:
     def events_after(self, position, limit=FEED_BATCH_MAX):
         """The feed: events with position > ``position``, oldest first, at most ``limit``
         (at most 1000)."""
-        for name, value in (("position", position), ("limit", limit)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= POSITION_MAX:
-                raise ValidationFailed(f"{name} must be a whole number from 0 to {POSITION_MAX}.", name)
-        return self.db.events_after(position, limit)
+        return self.db.events_after(*_feed_args(position, limit))
+
+    @rpc
+    def events_after_json(self, position, limit=REPLAY_BATCH_MAX):
+        """``events_after`` as one JSON text, in batches of up to 10,000: a replay's feed."""
+        return self.db.events_after_json(*_feed_args(position, limit))
 
     @rpc
     def head(self):
@@ -310,3 +312,10 @@ class EventSource:
     @metrics_refresh
     def refresh_metrics(self):
         refresh_quietly(self.stats)
+
+
+def _feed_args(position, limit) -> tuple[int, int]:
+    for name, value in (("position", position), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= POSITION_MAX:
+            raise ValidationFailed(f"{name} must be a whole number from 0 to {POSITION_MAX}.", name)
+    return position, limit

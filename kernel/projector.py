@@ -24,6 +24,8 @@ with the tracking row, and only if that row is as it was read:
 from __future__ import annotations
 
 import contextlib
+import gc
+import json
 import logging
 import threading
 import time
@@ -37,6 +39,7 @@ from kernel.events import Event
 logger = logging.getLogger(__name__)
 
 FEED_BATCH = 1000
+REPLAY_BATCH = 10_000
 # Before reading the feed for a gap, look again after each of these (seconds): see handle().
 GAP_WAITS = (0.002, 0.004, 0.008, 0.016, 0.032)
 
@@ -336,16 +339,26 @@ class Backoff:
 # whatever the log gained meanwhile, and replaces the live rows.
 
 
+def json_feed(read: Callable[[int, int], str]) -> Feed:
+    """The feed of a replay, from ``read(after, limit)`` that answers with the batch as one
+    JSON text (``events_after_json``): decoded in one C call, where nameko's decoder of a
+    list of payloads calls a Python hook per dict."""
+    return lambda after, limit: json.loads(read(after, limit))
+
+
 def batches(feed: Feed, after: int = 0, size: int = FEED_BATCH) -> Iterator[list[dict]]:
     """The feed's payloads after ``after``, batch by batch until an empty one; the next
     batch is asked for (on a thread: ``feed`` must be thread-safe) while the caller works
-    on the current one."""
+    on the current one, which it is given in parts of at most ``FEED_BATCH``: under
+    eventlet (green threads) the next batch's call runs only when the caller yields, which
+    this does between parts (the call may need several turns before its request is sent)."""
     with ThreadPoolExecutor(1) as ahead:
         batch = feed(after, size)
         while batch:
             following = ahead.submit(feed, batch[-1]["position"], size)
-            time.sleep(0)  # under eventlet (green threads) this sends the request before the caller works
-            yield batch
+            for start in range(0, len(batch), FEED_BATCH):
+                time.sleep(0)
+                yield batch[start:start + FEED_BATCH]
             batch = following.result()
 
 
@@ -354,16 +367,32 @@ def replay(feed: Feed, apply: Callable, progress: Callable[[int], None] | None =
     """Fold everything the feed has after ``after`` into ``rows``; returns (rows, position)."""
     rows = {} if rows is None else rows
     position = after
-    for payloads in batches(feed, after):
-        for payload in payloads:
-            event = Event.from_dict(payload)
-            if event.position != position + 1:
-                raise Gap(position, event.position)
-            rows.update(apply(rows, event))
-            position = event.position
-        if progress:
-            progress(position)
+    with _without_cycle_collection():
+        for payloads in batches(feed, after, REPLAY_BATCH):
+            for payload in payloads:
+                event = Event.from_dict(payload)
+                if event.position != position + 1:
+                    raise Gap(position, event.position)
+                rows.update(apply(rows, event))
+                position = event.position
+            if progress:
+                progress(position)
     return rows, position
+
+
+@contextlib.contextmanager
+def _without_cycle_collection():
+    """A replay makes millions of objects (payloads, events, rows) in batches that stay
+    alive until folded, and none in a cycle: reference counting frees them. The cycle
+    collector would only traverse them again and again (measured: a quarter of the
+    replay's own time), so it is paused meanwhile (process-wide) and resumes after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def rebuild(open_store: Callable, feed: Feed, apply: Callable, progress: Callable[[int], None] | None = None) -> int:
@@ -374,7 +403,7 @@ def rebuild(open_store: Callable, feed: Feed, apply: Callable, progress: Callabl
         store.build_beside(rows)
         store.tracked(lock=True)  # the swap: the live consumer waits on the tracking row while we finish
         changed: dict = {}
-        while events := [Event.from_dict(p) for p in feed(position, FEED_BATCH)]:
+        while events := [Event.from_dict(p) for p in feed(position, REPLAY_BATCH)]:
             position, change = fold(events, position, rows, apply)
             rows.update(change)
             changed.update(change)

@@ -1,5 +1,6 @@
 """The messages service in nameko containers: RPC, the feed, and events published to
 listeners through the outbox, on RabbitMQ + PostgreSQL and on the embedded transport."""
+import json
 import uuid
 
 import eventlet
@@ -140,6 +141,9 @@ def test_typed_errors_and_the_feed(running, config):
             rpc.messages.send_message(susan["id"], susan["id"], f"note {i}", idempotency_key=uuid.uuid4().hex)
         feed = rpc.messages.events_after(1)
         assert [Event.from_dict(e).position for e in feed] == [2, 3]
+        assert json.loads(rpc.messages.events_after_json(1)) == feed  # the replay's feed: the same, as one text
+        with pytest.raises(ValidationFailed):
+            rpc.messages.events_after_json(-1)
         assert rpc.messages.head() == 3
         assert rpc.messages.inbox(susan["id"], 1)["total"] == 3
 

@@ -65,3 +65,23 @@ def test_a_subclass_refuses_another_type():
 def test_event_ids_are_unique_uuids():
     ids = {InboxRead(user_id=1).event_id for _ in range(100)}
     assert len(ids) == 100 and all(isinstance(i, uuid.UUID) for i in ids)
+
+
+def test_from_dict_builds_the_same_event_with_or_without_every_field_given():
+    from kernel.events import NotificationChanged
+
+    event = MessageSent(sender_id=1, recipient_id=2, body="x", position=9, idempotency_key="1:abcdefgh")
+    built = Event.from_dict(event.to_dict())
+    assert built == event and vars(built) == vars(event) and hash(built) == hash(event)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.body = "y"
+    # A field with a default may be left out (an older publisher): __init__ fills it in.
+    payload = NotificationChanged(user_id=1, name="n", timestamp=1.5, value=3).to_dict()
+    del payload["data"]["value"]
+    assert Event.from_dict(payload).value is None
+
+
+@pytest.mark.parametrize("payload", [[], {"event_type": ["MessageSent"]}, {"event_type": None}])
+def test_payloads_that_are_not_events_at_all_are_refused(payload):
+    with pytest.raises(EventContractError):
+        Event.from_dict(payload)

@@ -1,4 +1,7 @@
 """The event log, commands and the inbox read model, on SQLite and PostgreSQL."""
+import json
+from datetime import datetime, timedelta, timezone
+
 import eventlet
 import pytest
 from sqlalchemy import func, select
@@ -177,6 +180,35 @@ def test_feed_returns_batches_of_at_most_1000(messages_db):
     assert session.read_after(1005) == []
     assert [e.position for e in session.read_after(10, limit=3)] == [11, 12, 13]
     assert session.head() == 1005
+    session.close()
+
+
+def test_the_json_feed_is_the_feed_as_one_text_in_batches_of_up_to_10000(messages_db):
+    # The replay's feed: the database writes the payloads' JSON. It must read back as
+    # exactly what ``events_after`` gives, and spell times as ``isoformat`` does.
+    make_session = storage_of(messages_db)
+    session = make_session()
+    assert session.events_after_json(0) == "[]"
+    moment = datetime(2026, 11, 24, 1, 2, 3, tzinfo=timezone.utc)
+    events = [MessageSent(sender_id=1, recipient_id=2, body='quotes " \\ and ünïcödé ✓ \n', occurred_at=moment,
+                          idempotency_key='1:key-with_"odd"-chars'),
+              InboxRead(user_id=2, occurred_at=moment + timedelta(microseconds=7)),
+              MessageSent(sender_id=2, recipient_id=1, body="x", occurred_at=moment + timedelta(seconds=1, microseconds=120000))]
+    for i in range(10_010):
+        session.append(events[i] if i < len(events) else InboxRead(user_id=i % 7, occurred_at=moment + timedelta(milliseconds=i)))
+    session.commit()
+    text = session.events_after_json(0, limit=3)
+    assert json.loads(text) == session.events_after(0, limit=3)
+    assert '"occurred_at":"2026-11-24T01:02:03+00:00"' in text
+    assert '"occurred_at":"2026-11-24T01:02:03.000007+00:00"' in text
+    assert '"occurred_at":"2026-11-24T01:02:04.120000+00:00"' in text
+    assert [p.get("idempotency_key") for p in json.loads(text)] == ['1:key-with_"odd"-chars', None, None]
+    for after in (0, 1000, 9000):
+        assert json.loads(session.events_after_json(after, limit=1000)) == session.events_after(after, limit=1000)
+    whole = json.loads(session.events_after_json(5, limit=50_000))
+    assert [p["position"] for p in whole] == list(range(6, 10_006))  # at most 10,000 a batch
+    assert json.loads(session.events_after_json(10_005, limit=50_000)) == session.events_after(10_005)
+    assert session.events_after_json(10_010) == "[]"
     session.close()
 
 

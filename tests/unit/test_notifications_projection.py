@@ -639,3 +639,41 @@ def test_a_change_that_could_not_be_announced_is_announced_by_the_next_attempt()
     provider.announce(service, [Row(2, UNREAD_MESSAGE_COUNT, 1, 11.0)])
     provider.announce(service, [Row(2, UNREAD_MESSAGE_COUNT, 2, 12.0)])  # a newer one replaces it
     assert [(e.user_id, e.value) for e in published[1:]] == [(2, 2)]
+
+
+def test_the_replay_is_handed_each_batch_in_parts_while_the_next_one_is_read():
+    # Batches of 2,500 (a JSON feed's text), handed over in parts of at most 1000; the next
+    # batch is asked for as soon as one arrives, before the caller has folded it.
+    import gc
+    import json
+
+    from kernel.events import Event
+
+    payloads = [e.to_dict() for e in make_log(SPEC * 600)][:6000]
+    asked = []
+
+    def feed(after, limit):
+        asked.append(after)
+        return json.loads(json.dumps([p for p in payloads if p["position"] > after][:2500]))
+
+    parts = []
+    for part in projector.batches(feed, 0, 2500):
+        parts.append([p["position"] for p in part])
+        if len(parts) == 1:
+            eventlet.sleep(0.05)  # the prefetch (a green thread here) runs meanwhile
+            assert asked == [0, 2500]
+    assert [len(p) for p in parts] == [1000, 1000, 500, 1000, 1000, 500, 1000]
+    assert [position for part in parts for position in part] == list(range(1, 6001))
+    collecting = []
+
+    def json_text(after, limit):
+        collecting.append(gc.isenabled())
+        return json.dumps(feed(after, limit))
+
+    assert projector.replay(projector.json_feed(json_text), apply) == (fold(Event.from_dict(p) for p in payloads), 6000)
+    # The cycle collector pauses during the fold (it would traverse each batch again and
+    # again) and resumes after, a failed replay included.
+    assert collecting and not any(collecting) and gc.isenabled()
+    with pytest.raises(projector.Gap):
+        projector.replay(lambda after, limit: payloads[1:] if after == 0 else [], apply)
+    assert gc.isenabled()
