@@ -6,8 +6,7 @@ gives exactly the rows that live processing gave; and they strictly increase per
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from kernel.events import Event, InboxRead, MessageSent
 
@@ -18,8 +17,10 @@ TIMESTAMP_STEP = 1e-6
 Key = tuple[int, str]  # (user_id, name)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
+    """A tuple, not a frozen dataclass: a replay makes one per changed row, and a frozen
+    dataclass's ``__init__`` costs twice as much (0.53 against 0.25 us)."""
+
     user_id: int
     name: str
     data: object
