@@ -162,10 +162,10 @@ def authenticate(storage, username, password, checker=check_password_hash) -> di
     return public_profile(user)
 
 
-def _get(session: Session, user_id) -> User:
+def _get(session: Session, user_id, lock: bool = False) -> User:
     if isinstance(user_id, bool) or not isinstance(user_id, int):
         raise UserNotFound(f"No user with id {clip(repr(user_id))}.")
-    user = session.get(User, user_id)
+    user = session.get(User, user_id, with_for_update=lock, populate_existing=lock)
     if user is None:
         raise UserNotFound(f"No user with id {user_id}.")
     return user
@@ -196,7 +196,10 @@ def get_users(storage, user_ids) -> dict[str, dict]:
 
 def update_profile(storage, user_id, username, about_me) -> dict:
     session = storage.session
-    user = _get(session, user_id)
+    # Locked (PostgreSQL) until commit: the event carries the whole profile, so two edits
+    # at once must not both start from the same row (the second would log the first's
+    # field as it was before, and the log would no longer fold to the table).
+    user = _get(session, user_id, lock=True)
     username = clean_username(username)
     about_me = clean_about_me(about_me)
     if _username_taken(session, username, except_id=user.id):

@@ -194,3 +194,26 @@ def test_the_migration_logs_every_account_made_before_it(users_db_url, tmp_path,
     finally:
         storage.close()
         dispose(engine)
+
+
+def test_a_profile_edit_reads_the_row_locked_so_two_edits_at_once_log_what_the_table_gets(users_db, users_db_url):
+    # Two edits of one user at once (two tabs): unlocked, both would read the same row, the
+    # second would save only the field it changed and log the other as it was before the
+    # first edit, and the log would no longer fold to the table. So the edit reads the row
+    # FOR UPDATE (PostgreSQL; SQLite has one writer at a time) and builds its event from
+    # the row as the previous edit left it.
+    from sqlalchemy import event
+
+    susan = register(users_db, "susan")["id"]
+    statements = []
+    bind = users_db.session.get_bind()
+    listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    event.listen(bind, "before_cursor_execute", listener)
+    try:
+        accounts.update_profile(users_db, susan, "sue", "hello")
+    finally:
+        event.remove(bind, "before_cursor_execute", listener)
+    [read] = [s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM users" in s
+              and "users.id =" in s]
+    assert ("FOR UPDATE" in read) == users_db_url.startswith("postgresql"), read
+    assert differences(users_db) == []
