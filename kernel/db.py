@@ -481,9 +481,6 @@ class Recorder:
     def close(self) -> None:
         self.session.close()
 
-    def invalidate(self) -> None:
-        self.session.invalidate()
-
 
 class Database(DependencyProvider):
     """Injects a SQLAlchemy ``Session`` per worker, closed when the worker ends; or, given

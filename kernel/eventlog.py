@@ -20,6 +20,7 @@ import json
 
 from sqlalchemy import (BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, insert, select, text,
                         update)
+from sqlalchemy.exc import IntegrityError
 
 from kernel.clock import as_utc
 from kernel.db import Recorder, autocommit_engine_for
@@ -237,8 +238,6 @@ class PostgresLog(EventLog):
         """Append ``event`` and apply ``PROJECTIONS`` in one statement, its own transaction.
         Returns the event's payload; if its idempotency key is already logged, the earlier
         event's payload, appending nothing."""
-        from sqlalchemy.exc import IntegrityError
-
         with self._autocommit() as connection:
             try:
                 values = row_values(event, 0)

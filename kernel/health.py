@@ -7,9 +7,10 @@ from kernel.rpc import rpc
 
 
 class HealthCheck:
-    """Mixin for a nameko service class with a ``db`` (``kernel.db.Database``) dependency."""
+    """Mixin for a nameko service class with a ``db`` (``kernel.db.Database`` with a
+    storage: it injects a recorder) dependency."""
 
     @rpc
     def health(self):
-        getattr(self.db, "session", self.db).execute(text("SELECT 1"))  # a recorder, or a bare session
+        self.db.session.execute(text("SELECT 1"))
         return {"service": self.name, "database": "ok"}
