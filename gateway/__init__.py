@@ -24,7 +24,8 @@ def select_locale():
 
 
 def navbar_context() -> dict:
-    """The unread badge's first value, from the notifications projection, on every page.
+    """The unread badge's first value, from the notifications projection, on every page
+    (from this process's memory of it when it can: ``gateway.memory``).
 
     A page must not fail because the badge cannot be drawn: if the notifications service
     does not answer, or answers that its database does not, the count is ``None`` (not
@@ -39,7 +40,7 @@ def navbar_context() -> dict:
     count = 0
     if current_user.is_authenticated:
         try:
-            count = current_app.extensions["rpc"].notifications.unread_message_count(current_user.id)
+            count = current_app.extensions["known"].unread_message_count(current_user.id)
         except UNAVAILABLE as exc:
             current_app.logger.warning("notifications unavailable (%s); the badge is left as it was", exc)
             count = None
@@ -68,15 +69,17 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     from gateway.hub import Hub
+    from gateway.memory import Known
 
     pool = app.extensions["rpc"] = rpc or InstrumentedRpcPool(
         {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
     )
-    # One hub per process: open streams and the poll's cache, fed by the broadcast.
+    # One hub per process: open streams and the process's memory, fed by the events.
+    known = app.extensions["known"] = Known(lambda: pool, size=settings.memory_users,
+                                            notifications_ttl=settings.poll_cache_ttl)
     hub = Hub(settings.amqp_uri, read_many=lambda pairs: pool.notifications.notifications_since_many(pairs),
-              poll_cache_ttl=settings.poll_cache_ttl)
+              known=known)
     app.extensions["hub"] = hub
-    app.extensions["latest_timestamps"] = hub.latest
     app.config.update(STREAM_KEEPALIVE=settings.stream_keepalive, STREAM_RETRY_MS=settings.stream_retry_ms)
 
     login_manager.init_app(app)
@@ -99,6 +102,9 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     app.context_processor(navbar_context)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
+    # The hub's listener feeds the memory pages read from: started by the first request
+    # of the process that serves (after gunicorn's fork), not when the app is built.
+    app.before_request(hub.start)
 
     @app.get("/healthz")
     def healthz():

@@ -3,7 +3,8 @@
 The notifications service broadcasts ``NotificationChanged`` (user, name, value,
 timestamp) after each commit; every gateway process hears it on an exclusive queue of its
 own (``gateway.freshness.ChangeListener``). The hub hands each change to the open streams
-of that user, and keeps the poll's "nothing newer" cache (``LatestTimestamps``) current.
+of that user, and keeps the process's memory (``gateway.memory.Known``: profiles,
+sessions, notification rows) current with it and with the users service's events.
 
 Why nothing is missed:
 * a stream registers here *before* it reads its user's rows, so a change committed during
@@ -30,7 +31,9 @@ import logging
 import select
 import threading
 
-from gateway.freshness import ChangeListener, LatestTimestamps
+from gateway.freshness import ChangeListener
+from gateway.memory import Known
+from kernel.events import SessionEnded
 from kernel.metrics import OPEN_STREAMS
 from kernel.outage import OutageLog
 from kernel.rpc_pool import ServiceUnavailable
@@ -60,10 +63,11 @@ class Stream:
 class Hub:
     """One per gateway process (``app.extensions["hub"]``)."""
 
-    def __init__(self, amqp_uri: str | None, read_many=None, poll_cache_ttl: float = 5.0):
+    def __init__(self, amqp_uri: str | None, read_many=None, known: Known | None = None):
         """``read_many(pairs)``: the notifications service's ``notifications_since_many``
-        ([[user_id, since], ...] -> [[user_id, rows], ...]), for re-reads."""
-        self.latest = LatestTimestamps(ttl=poll_cache_ttl)
+        ([[user_id, since], ...] -> [[user_id, rows], ...]), for re-reads; ``known``: the
+        process's memory, which the events keep current."""
+        self.known = known or Known(rpc=None)
         self.listener = ChangeListener(amqp_uri, self) if amqp_uri else None
         self.read_many = read_many
         self._streams: dict[int, dict[Stream, None]] = {}  # user -> their streams, oldest first
@@ -82,7 +86,7 @@ class Hub:
 
     # -- what the listener calls ------------------------------------------------------
     def connection_up(self) -> None:
-        self.latest.connection_up()
+        self.known.connection_up()
         # Changes may have been missed while disconnected (or before the first connect):
         # every open stream re-reads its rows after its last id.
         with self._lock:
@@ -90,10 +94,16 @@ class Hub:
         self._reread_wake.set()
 
     def connection_down(self) -> None:
-        self.latest.connection_down()
+        self.known.connection_down()
+
+    def users_event(self, event) -> None:
+        if isinstance(event, SessionEnded):
+            self.known.session_ended(event.user_id, event.position)
+        else:
+            self.known.profile_changed(event.user_id, event.username, event.about_me, event.position)
 
     def changed(self, user_id: int, name: str, timestamp: float, value=None, has_value: bool = True) -> None:
-        self.latest.changed(user_id, timestamp)
+        self.known.notification_changed(user_id, name, timestamp, value, has_value)
         with self._lock:
             streams = self._streams.get(user_id)
             if not streams:
@@ -110,7 +120,7 @@ class Hub:
     # -- what a stream calls ----------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self.latest.connected
+        return self.known.notifications.connected
 
     def start(self) -> None:
         """Started on first use, in the process that serves (after gunicorn's fork)."""

@@ -5,24 +5,25 @@ before sign-out would work after it. Each sign-in therefore opens a session in t
 service (``open_session``), and Flask-Login's "alternative token" pattern makes the
 cookies carry it: ``get_id()`` is ``"<user id>:<session token>"``, which Flask-Login keeps
 in the session cookie and in the remember-me cookie alike. The user loader accepts it only
-while the users service says the session is live (``check_session``, which returns the
-profile: still one RPC per page); sign-out ends it (``end_session``).
+while the session is live: the users service says so (``check_session``, which returns
+the profile), and this process keeps that answer in memory for a while (``gateway.memory``)
+and drops it when it hears ``SessionEnded`` for that user; sign-out ends it
+(``end_session``).
 """
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-from flask import current_app
+from flask import current_app, session
 from flask_login import UserMixin
 
-# How long a gateway process trusts that a session it checked is still live, for the
-# badge's poll only (pages always ask the users service). The process that signs a session
-# out forgets it at once; any other gateway process may keep answering that session's
-# polls for up to this many seconds after sign-out, and never its pages.
-SESSION_CHECK_TTL = 30.0
-SESSION_CHECKS_MAX = 10_000
+# How long a request waits for the event of its user's own write (a profile edit, an
+# InboxRead) to reach this process's memory before asking the service instead.
+OWN_WRITE_WAIT = 1.0
+# How long the session cookie carries the mark of an own write: every connected gateway
+# process hears the event within milliseconds; one that was not connected keeps nothing.
+OWN_WRITE_MARK_AGE = 10.0
 
 
 class SessionUser(UserMixin):
@@ -56,76 +57,55 @@ def parse_session_id(raw) -> tuple[int, str] | None:
     return int(uid), token
 
 
-class SessionChecks:
-    """Sessions this process found live within the last ``ttl`` seconds (bounded)."""
-
-    def __init__(self, ttl: float = SESSION_CHECK_TTL, size: int = SESSION_CHECKS_MAX):
-        self.ttl = ttl
-        self.size = size
-        self._checked: dict[tuple[int, str], float] = {}
-        # Sessions this process saw end: a check that was already in flight when one was
-        # signed out must not remember it as live afterwards. A token never comes back to
-        # life, so these need no expiry; the oldest go past ``size``.
-        self._ended: dict[tuple[int, str], None] = {}
-        self._lock = threading.Lock()
-
-    def fresh(self, user_id: int, token: str) -> bool:
-        checked = self._checked.get((user_id, token))
-        return checked is not None and time.monotonic() - checked < self.ttl
-
-    def remember(self, user_id: int, token: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if (user_id, token) in self._ended:
-                return
-            if len(self._checked) >= self.size:
-                self._checked = {key: at for key, at in self._checked.items() if now - at < self.ttl}
-                if len(self._checked) >= self.size:
-                    self._checked.clear()
-            self._checked[(user_id, token)] = now
-
-    def forget(self, user_id: int, token: str) -> None:
-        with self._lock:
-            self._checked.pop((user_id, token), None)
-            self._ended[(user_id, token)] = None
-            while len(self._ended) > self.size:
-                del self._ended[next(iter(self._ended))]
-
-
-def session_checks() -> SessionChecks:
-    return current_app.extensions.setdefault("session_checks", SessionChecks())
-
-
 def session_lifetime_seconds() -> float:
     """A session lives as long as the longest-lived cookie that may carry it."""
     return current_app.config["REMEMBER_COOKIE_DURATION"].total_seconds()
 
 
-def session_is_live(user_id: int, token: str) -> bool:
-    """For the poll: is this a live session? From this process's recent checks when it can."""
-    from gateway.rpc import services
+def known():
+    return current_app.extensions["known"]
 
-    checks = session_checks()
-    if checks.fresh(user_id, token):
-        return True
-    if services().users.check_session(user_id, token) is None:
-        checks.forget(user_id, token)
-        return False
-    checks.remember(user_id, token)
-    return True
+
+def session_is_live(user_id: int, token: str) -> bool:
+    """For the poll: is this a live session? From this process's memory when it can."""
+    return known().live_session(user_id, token, profile_too=False) is not None
+
+
+def remember_own_write(kind: str, mark) -> None:
+    """The signed-in user just wrote (``kind``: "profile" with a users log position,
+    "notifications" with the InboxRead's time): the next pages, in whichever gateway
+    process, show nothing older than it (``honour_own_writes``)."""
+    if mark:
+        session[f"{kind}_mark"] = [mark, time.time()]
+
+
+def honour_own_writes(user_id: int) -> None:
+    """Before a page reads the user's profile or badge from memory: if their session
+    carries a recent own write that this process has not heard of yet, wait for its event
+    (``OWN_WRITE_WAIT`` at most, then the memory forgets them and the service answers)."""
+    for kind in ("profile", "notifications"):
+        carried = session.get(f"{kind}_mark")
+        if not carried:
+            continue
+        memory = getattr(known(), "profiles" if kind == "profile" else "notifications")
+        try:
+            mark, made_at = carried
+            heard = memory.mark(user_id)
+            if (heard is None or heard < mark) and time.time() - made_at < OWN_WRITE_MARK_AGE:
+                known().await_event(memory, user_id, mark, OWN_WRITE_WAIT)
+                continue
+        except (TypeError, ValueError):
+            pass  # a mark this code did not write: dropped
+        session.pop(f"{kind}_mark", None)
 
 
 def load_user(session_id: str) -> SessionUser | None:
-    """Flask-Login's user loader: the user of a live session, with a fresh profile."""
-    from gateway.rpc import services
-
+    """Flask-Login's user loader: the user of a live session, with their profile (from
+    this process's memory when it is sure of it; ``gateway.memory``)."""
     parsed = parse_session_id(session_id)
     if parsed is None:
         return None
     user_id, token = parsed
-    profile = services().users.check_session(user_id, token)
-    if profile is None:
-        session_checks().forget(user_id, token)
-        return None
-    session_checks().remember(user_id, token)
-    return SessionUser(profile, token)
+    honour_own_writes(user_id)
+    profile = known().live_session(user_id, token)
+    return SessionUser(profile, token) if profile is not None else None

@@ -17,9 +17,12 @@ class GatewaySettings:
     # How often a page asks /notifications for news, in seconds (the tutorial's 10 s).
     poll_interval: float = 10.0
     languages: list[str] = field(default_factory=lambda: ["en", "es"])
-    # How long a process trusts what it knows of a user's latest notification to answer
-    # "nothing new" without asking the service (0 turns the shortcut off).
+    # How long a process trusts a user's notification rows it keeps in memory (the badge,
+    # the poll) at most; events keep them current meanwhile (0 turns that memory off).
     poll_cache_ttl: float = 5.0
+    # How many users' profiles, sessions and notification rows a process keeps in memory
+    # (each; least recently used first out). 0 keeps none: every page asks the services.
+    memory_users: int = 10_000
     # The push stream (/notifications/stream): pages use it (and poll only when it fails);
     # a comment line every ``stream_keepalive`` seconds keeps idle connections open through
     # proxies; browsers reconnect ``stream_retry_ms`` after a stream ends.
@@ -45,6 +48,7 @@ class GatewaySettings:
             poll_interval=env.env_float("POLL_INTERVAL", 10.0, minimum=0.05),
             remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
             poll_cache_ttl=env.env_float("POLL_CACHE_TTL", 5.0, minimum=0.0),
+            memory_users=env.env_int("MEMORY_USERS", 10_000, minimum=0),
             secure_cookies=env.env_bool("SECURE_COOKIES", False),
             use_stream=env.env_bool("USE_STREAM", True),
             stream_keepalive=env.env_float("STREAM_KEEPALIVE", 15.0, minimum=0.05),

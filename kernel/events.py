@@ -171,8 +171,17 @@ class ProfileChanged(Event):
     about_me: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class SessionEnded(Event):
+    """User ``user_id`` signed out of one of their sessions (producer: users; consumers:
+    the gateways, which then check that user's sessions with the service again). It names
+    no session: a token, or its hash, never leaves the users service."""
+
+    user_id: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (MessageSent, InboxRead, UserRegistered, ProfileChanged)}
+    cls.__name__: cls for cls in (MessageSent, InboxRead, UserRegistered, ProfileChanged, SessionEnded)}
 
 
 @dataclass(frozen=True, kw_only=True)

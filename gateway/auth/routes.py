@@ -9,7 +9,7 @@ from gateway.auth import bp
 from gateway.auth.forms import LoginForm, RegistrationForm
 from gateway.forms import show_service_error
 from gateway.rpc import services
-from gateway.session_user import SessionUser, session_checks, session_lifetime_seconds
+from gateway.session_user import SessionUser, known, session_lifetime_seconds
 from kernel.errors import InvalidCredentials, ValidationFailed
 
 
@@ -55,7 +55,7 @@ def logout():
     token = getattr(current_user, "session_token", None)
     if current_user.is_authenticated and token:
         services().users.end_session(current_user.id, token)
-        session_checks().forget(current_user.id, token)
+        known().end_session(current_user.id)
     logout_user()
     return redirect(url_for("main.index"))
 

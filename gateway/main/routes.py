@@ -1,6 +1,5 @@
 """Routes of the main blueprint."""
 import math
-import time
 import uuid
 from datetime import datetime, timedelta
 
@@ -13,7 +12,8 @@ from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
 from gateway.rpc import services
-from gateway.session_user import SessionUser, parse_session_id, session_is_live
+from gateway.session_user import (OWN_WRITE_WAIT, SessionUser, honour_own_writes, known, parse_session_id,
+                                  remember_own_write, session_is_live)
 from gateway.stream import open_stream
 from kernel.clock import as_utc
 from kernel.errors import RecipientNotFound, UserNotFound, ValidationFailed
@@ -31,7 +31,8 @@ def record_last_seen():
         return
     if current_user.is_authenticated and not current_user.seen_within(LAST_SEEN_RESOLUTION):
         try:
-            services().users.record_seen(current_user.id)
+            token = known().profiles.reading()
+            known().seen(services().users.record_seen(current_user.id), token)
         except UserNotFound:
             pass  # the account is gone; the next request's user loader signs them out
 
@@ -45,7 +46,7 @@ def index():
 
 def _profile_or_404(username: str) -> dict:
     try:
-        return services().users.get_user_by_username(username)
+        return known().profile_by_name(username)
     except UserNotFound:
         abort(404)
 
@@ -63,10 +64,15 @@ def edit_profile():
     form = EditProfileForm()
     if form.validate_on_submit():
         try:
-            services().users.update_profile(current_user.id, form.username.data, form.about_me.data)
+            updated = services().users.update_profile(current_user.id, form.username.data, form.about_me.data)
         except ValidationFailed as error:
             show_service_error(form, error)
         else:
+            # Your own write: this page and the next ones (in any gateway process) show
+            # the new name once this process has heard the change's event.
+            if updated["position"]:
+                known().await_event(known().profiles, current_user.id, updated["position"], OWN_WRITE_WAIT)
+                remember_own_write("profile", updated["position"])
             flash(_("Your changes have been saved."))
             return redirect(url_for("main.edit_profile"))
     elif request.method == "GET":
@@ -129,40 +135,27 @@ def _page_argument() -> int:
 @bp.route("/messages")
 @login_required
 def messages():
+    """The inbox: one RPC (``open_inbox``: marks it read if anything was unread, and the
+    page), the senders' names from memory. After an ``InboxRead`` the page waits for its
+    notification change to reach this process, so the badge it draws is 0 (your own
+    write); the session carries the mark to the next pages, served by any process."""
     page = _page_argument()
-    read = services().messages.mark_inbox_read(current_user.id)
-    _await_projection(read["position"])
-    inbox = services().messages.inbox(current_user.id, page)
+    inbox = services().messages.open_inbox(current_user.id, page)
+    if inbox["read"] is not None:
+        read_at = datetime.fromisoformat(inbox["read"]["occurred_at"]).timestamp()
+        known().await_event(known().notifications, current_user.id, read_at, OWN_WRITE_WAIT)
+        remember_own_write("notifications", read_at)
     if page > inbox["pages"]:
         abort(404)
-    senders = services().users.get_users(sorted({m["sender_id"] for m in inbox["messages"]}))
+    senders = known().profiles_of({m["sender_id"] for m in inbox["messages"]})
     for message in inbox["messages"]:
-        message["sender"] = senders.get(str(message["sender_id"]))
+        message["sender"] = senders.get(message["sender_id"])
         message["sent_at"] = as_utc(datetime.fromisoformat(message["sent_at"]))
     next_url = url_for("main.messages", page=page + 1) if inbox["has_next"] else None
     prev_url = url_for("main.messages", page=page - 1) if inbox["has_prev"] else None
     return render_template(
         "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url
     )
-
-
-# How long the Messages page waits for the notifications projection to apply the
-# InboxRead it just appended (it usually takes milliseconds).
-READ_YOUR_WRITES_WAIT = 1.0
-
-
-def _await_projection(position: int) -> None:
-    """Read your own writes: the page's badge (and the first poll after it) come from the
-    notifications projection, which applies the InboxRead just appended a moment later.
-    Without this wait, opening Messages could show the old count until the next poll.
-    Bounded: past the wait, or with the service (or its database) down, the page renders
-    anyway."""
-    deadline = time.monotonic() + READ_YOUR_WRITES_WAIT
-    try:
-        while services().notifications.position() < position and time.monotonic() < deadline:
-            time.sleep(0.005)
-    except UNAVAILABLE as exc:
-        current_app.logger.warning("notifications unavailable (%s); the badge may lag", exc)
 
 
 @bp.route("/notifications")
@@ -203,17 +196,10 @@ def _unix_time(raw: str) -> float | None:
 
 
 def _rows_since(user_id: int, since: float) -> list[dict]:
-    """The poll's read: the user's rows newer than ``since``, oldest first; from memory
-    when this process is sure there is nothing newer."""
-    hub = current_app.extensions["hub"]
-    latest = hub.latest
-    hub.start()
-    if latest.nothing_newer(user_id, since):
-        return []
-    token = latest.reading()
-    rows = services().notifications.notifications_since(user_id, since)
-    latest.record(user_id, max([since] + [row["timestamp"] for row in rows]), token)
-    return rows
+    """The poll's read: the user's rows newer than ``since``, oldest first (from this
+    process's memory of their rows when it can: ``gateway.memory``)."""
+    honour_own_writes(user_id)
+    return known().rows_since(user_id, since)
 
 
 @bp.route("/notifications/stream")

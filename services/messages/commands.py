@@ -88,3 +88,11 @@ def send_message(storage, sender_id, recipient_id, body, recipient_exists: Calla
 def mark_inbox_read(storage, user_id) -> dict:
     user_id = _user_id(user_id, "user")
     return storage.commit_event(InboxRead(user_id=user_id))
+
+
+def read_inbox(storage, user_id) -> tuple[int, dict | None]:
+    """Mark the inbox read if anything in it is unread (a visit with nothing unread is no
+    fact worth logging): the last position read before, and the ``InboxRead`` or None."""
+    user_id = _user_id(user_id, "user")
+    read_after = storage.last_read_position(user_id)
+    return read_after, (storage.commit_event(InboxRead(user_id=user_id)) if storage.unread_count(user_id) else None)

@@ -14,6 +14,14 @@ from services.messages.storage import STORAGE
 KNOWN_USERS: set[int] = set()
 
 
+def _page(page) -> int:
+    # At most 2**31 - 1 (the gateway's PAGE_MAX): a larger page is past any inbox's end,
+    # and its offset must never reach the database as an integer it cannot hold.
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 2**31 - 1:
+        raise ValidationFailed("page must be a whole number from 1 to 2147483647.", "page")
+    return page
+
+
 class MessagesService(HealthCheck, EventSource):
     name = "messages"
 
@@ -53,11 +61,20 @@ class MessagesService(HealthCheck, EventSource):
 
     @rpc
     def inbox(self, user_id, page=1):
-        # At most 2**31 - 1 (the gateway's PAGE_MAX): a larger page is past any inbox's end,
-        # and its offset must never reach the database as an integer it cannot hold.
-        if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= 2**31 - 1:
-            raise ValidationFailed("page must be a whole number from 1 to 2147483647.", "page")
-        return self.db.page_of(user_id, page)
+        return self.db.page_of(user_id, _page(page))
+
+    @rpc
+    def open_inbox(self, user_id, page=1):
+        """The Messages page in one call: marks the inbox read, then one page of it.
+
+        An ``InboxRead`` is appended only if something in the inbox is unread (the log
+        holds facts, not page views); ``read`` is that event, or None. ``read_after`` is
+        the last position read before this visit: the page's messages past it are new."""
+        page = _page(page)
+        read_after, read = commands.read_inbox(self.db, user_id)
+        if read is not None:
+            self.outbox.wake()
+        return {**self.db.page_of(user_id, page), "read": read, "read_after": read_after}
 
     @rpc
     def unread_count(self, user_id):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kernel.clock import as_utc, utcnow
-from kernel.events import ProfileChanged, UserRegistered
+from kernel.events import ProfileChanged, SessionEnded, UserRegistered
 from kernel.logs import clip
 from kernel.errors import (
     EmailTaken,
@@ -214,9 +214,13 @@ def update_profile(storage, user_id, username, about_me) -> dict:
         except IntegrityError:
             session.rollback()
             raise UsernameTaken("Please use a different username.") from None
-        storage.append(ProfileChanged(user_id=user.id, username=username, about_me=about_me))
+        position = storage.append(ProfileChanged(user_id=user.id, username=username, about_me=about_me)).position
+    else:
+        position = 0
     storage.commit()
-    return public_profile(user)
+    # ``position``: where the edit's event sits in the users log (0: nothing changed), so
+    # the caller can wait until the change is heard before showing a page.
+    return {**public_profile(user), "position": position}
 
 
 def record_seen(storage, user_id) -> dict:
@@ -286,11 +290,15 @@ def check_session(storage, user_id, token) -> dict | None:
 
 
 def end_session(storage, user_id, token) -> bool:
-    """End a session (sign-out): True if it was live. Ending it again is harmless."""
+    """End a session (sign-out): True if it was live. Ending it again is harmless.
+
+    Logs ``SessionEnded`` in the same transaction: every gateway that trusts this user's
+    sessions from memory hears it and checks them with this service again."""
     session = storage.session
     row = _live_session(session, user_id, token)
     if row is None:
         return False
     session.delete(row)
-    session.commit()
+    storage.append(SessionEnded(user_id=row.user_id))
+    storage.commit()
     return True

@@ -71,4 +71,7 @@ class UsersService(HealthCheck, EventSource):
 
     @rpc
     def end_session(self, user_id, token):
-        return accounts.end_session(self.db, user_id, token)
+        ended = accounts.end_session(self.db, user_id, token)
+        if ended:
+            self.outbox.wake()
+        return ended

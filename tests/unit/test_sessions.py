@@ -71,29 +71,6 @@ def test_opening_a_session_checks_its_arguments(users_db, susan):
             accounts.open_session(users_db, susan, lifetime)
 
 
-def test_session_checks_expire_forget_and_stay_bounded(monkeypatch):
-    from gateway import session_user
-
-    now = [1000.0]
-    monkeypatch.setattr(session_user.time, "monotonic", lambda: now[0])
-    checks = session_user.SessionChecks(ttl=30, size=3)
-    checks.remember(1, "a")
-    assert checks.fresh(1, "a") and not checks.fresh(1, "b") and not checks.fresh(2, "a")
-    now[0] += 29.9
-    assert checks.fresh(1, "a")
-    now[0] += 0.2
-    assert not checks.fresh(1, "a")  # another process's sign-out shows within the TTL
-    checks.remember(1, "a")
-    checks.forget(1, "a")
-    assert not checks.fresh(1, "a")  # this process's sign-out shows at once
-    checks.remember(1, "a")  # a check that was in flight when it was signed out
-    assert not checks.fresh(1, "a")
-    for i in range(10):
-        checks.remember(i, "t")
-        checks.forget(100 + i, "t")
-    assert len(checks._checked) <= 3 and len(checks._ended) <= 3
-
-
 @pytest.mark.parametrize("raw, parsed", [
     ("5:abc", (5, "abc")), ("5", None), ("5:", None), (":abc", None), ("5:a:b", None),
     ("x:abc", None), ("²:abc", None), ("9" * 19 + ":abc", None), (None, None), (5, None),

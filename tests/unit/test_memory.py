@@ -1,0 +1,184 @@
+"""The gateway's memory (gateway/memory.py): what it answers is never older than what the
+service would answer, it stays bounded, and a request can wait for its own write's event."""
+import threading
+
+import pytest
+
+from gateway import memory as memory_module
+from gateway.memory import MISSING, Known, Memory
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(memory_module.time, "monotonic", lambda: now[0])
+    return now
+
+
+def connected(size=10, ttl=60.0) -> Memory:
+    memory = Memory(size, ttl)
+    memory.connection_up()
+    return memory
+
+
+def test_nothing_is_trusted_unless_kept_while_connected():
+    memory = Memory()
+    assert memory.reading() is None and not memory.keep(1, "a", memory.reading())
+    memory.connection_up()
+    token = memory.reading()
+    memory.connection_down()
+    memory.connection_up()
+    assert not memory.keep(1, "a", token)  # read in an earlier connection: events may be missed
+    assert memory.keep(1, "a", memory.reading()) and memory.get(1) == "a"
+    memory.connection_down()
+    assert memory.get(1) is None  # a disconnect empties it
+    memory.connection_up()
+    assert memory.get(1) is None
+
+
+def test_a_fill_that_raced_an_event_is_not_kept():
+    memory = connected()
+    token = memory.reading()  # a read starts ...
+    memory.heard(1, lambda value: value + "!")  # ... an event about key 1 arrives meanwhile ...
+    assert not memory.keep(1, "old", token)  # ... so its answer may be older: not kept
+    assert memory.get(1) is None
+    assert memory.keep(2, "b", token)  # another key was not touched: kept
+
+
+def test_events_change_entries_in_place_or_drop_them():
+    memory = connected()
+    memory.keep(1, "a", memory.reading())
+    memory.heard(1, lambda value: value + "b")
+    assert memory.get(1) == "ab"
+    memory.heard(1, lambda value: MISSING)
+    assert memory.get(1) is None
+    memory.keep(1, "a", memory.reading())
+    memory.forget(1)
+    assert memory.get(1) is None
+
+
+def test_bounded_least_recently_used_first_and_by_age(clock):
+    memory = connected(size=3, ttl=60)
+    for key in range(3):
+        memory.keep(key, key, memory.reading())
+    memory.get(0)  # used: 1 is now the least recently used
+    memory.keep(3, 3, memory.reading())
+    assert memory.get(1) is None and [memory.get(k) for k in (0, 2, 3)] == [0, 2, 3]
+    clock[0] += 60.1
+    assert memory.get(0) is None  # past its ttl: asked again
+    for key in range(100):
+        memory.heard(key, mark=key)
+    assert len(memory._heard) <= 3 and len(memory) <= 3
+    # a read older than the oldest forgotten event cannot be kept: it may have missed one
+    token = (memory.epoch, 0)
+    assert not memory.keep(50, "x", token)
+
+
+def test_wait_for_an_event_at_or_past_a_mark():
+    memory = connected()
+    assert not memory.wait_for(7, 5, timeout=0.01)
+    memory.heard(7, mark=3)
+    assert memory.mark(7) == 3 and not memory.wait_for(7, 5, timeout=0.01)
+    threading.Timer(0.05, lambda: memory.heard(7, mark=6)).start()
+    assert memory.wait_for(7, 5, timeout=5)
+    memory.heard(7, mark=4)  # an older event heard late does not move the mark back
+    assert memory.mark(7) == 6
+
+
+class FakeUsers:
+    def __init__(self):
+        self.calls = []
+        self.profiles = {1: {"id": 1, "username": "susan", "about_me": ""},
+                         2: {"id": 2, "username": "john", "about_me": ""}}
+        self.live = {(1, "t1")}
+
+    def get_user(self, user_id):
+        self.calls.append(("get_user", user_id))
+        return dict(self.profiles[user_id])
+
+    def get_user_by_username(self, name):
+        self.calls.append(("get_user_by_username", name))
+        return dict(next(p for p in self.profiles.values() if p["username"].lower() == name.lower()))
+
+    def get_users(self, ids):
+        self.calls.append(("get_users", ids))
+        return {str(i): dict(self.profiles[i]) for i in ids if i in self.profiles}
+
+    def check_session(self, user_id, token):
+        self.calls.append(("check_session", user_id))
+        return dict(self.profiles[user_id]) if (user_id, token) in self.live else None
+
+
+class FakeNotifications:
+    def __init__(self):
+        self.calls = 0
+        self.rows = {1: [{"name": "unread_message_count", "data": 2, "timestamp": 10.0}]}
+
+    def notifications_since(self, user_id, since):
+        self.calls += 1
+        return [row for row in self.rows.get(user_id, []) if row["timestamp"] > since]
+
+
+@pytest.fixture
+def known():
+    class Pool:
+        users = FakeUsers()
+        notifications = FakeNotifications()
+
+    known = Known(lambda: Pool, size=100)
+    known.connection_up()
+    known.pool = Pool
+    return known
+
+
+def test_profiles_come_from_memory_and_follow_renames(known):
+    users = known.pool.users
+    assert known.profile_by_name("SUSAN")["id"] == 1 and known.profile(1)["username"] == "susan"
+    assert known.profiles_of({1, 2, 3}) == {1: users.profiles[1], 2: users.profiles[2]}  # 3 is nobody
+    calls = len(users.calls)
+    for _ in range(3):
+        known.profile(1), known.profile_by_name("susan"), known.profiles_of({1, 2})
+    assert len(users.calls) == calls  # all from memory
+    users.profiles[1]["username"] = "sue"
+    known.profile_changed(1, "sue", "hi", position=9)
+    assert known.profile(1)["username"] == "sue" and known.profile(1)["about_me"] == "hi"
+    assert known.profile_by_name("sue")["id"] == 1
+    users.profiles[2]["username"] = "susan"  # another user takes the old name
+    assert known.profile_by_name("susan")["id"] == 2  # asked: the memory's "susan" is "sue" now
+
+
+def test_sessions_are_trusted_until_a_sign_out_is_heard(known, clock):
+    users = known.pool.users
+    assert known.live_session(1, "t1")["username"] == "susan"
+    checks = users.calls.count(("check_session", 1))
+    assert known.live_session(1, "t1") is not None and users.calls.count(("check_session", 1)) == checks
+    assert known.live_session(1, "other") is None  # a token never checked is asked about
+    users.live.clear()  # signed out in another process ...
+    known.session_ended(1, position=5)  # ... and this process hears it
+    assert known.live_session(1, "t1") is None
+    users.live.add((1, "t1"))
+    assert known.live_session(1, "t1") is not None
+    clock[0] += 30.1  # a session is checked again after session_ttl, whatever was heard
+    users.live.clear()
+    assert known.live_session(1, "t1") is None
+
+
+def test_the_badge_and_the_poll_come_from_the_rows_kept_current_by_changes(known):
+    notifications = known.pool.notifications
+    assert known.unread_message_count(1) == 2 and known.unread_message_count(2) == 0
+    assert known.rows_since(1, 10.0) == [] and known.rows_since(1, 9.0)[0]["data"] == 2
+    assert notifications.calls == 2
+    known.notification_changed(1, "unread_message_count", 11.0, 0, True)
+    known.notification_changed(1, "unread_message_count", 10.5, 1, True)  # older, heard late: ignored
+    assert known.unread_message_count(1) == 0 and known.rows_since(1, 10.0)[0]["timestamp"] == 11.0
+    assert notifications.calls == 2
+    known.notification_changed(1, "unread_message_count", 12.0, None, False)  # no value: read again
+    known.unread_message_count(1)
+    assert notifications.calls == 3
+
+
+def test_a_disabled_memory_always_asks(known):
+    off = Known(lambda: known.pool, size=0)
+    off.connection_up()
+    off.profile(1), off.profile(1)
+    assert known.pool.users.calls.count(("get_user", 1)) == 2
