@@ -55,6 +55,11 @@ class Memory:
             self._clear()
             self._changed.notify_all()
 
+    def clear(self) -> None:
+        """Forget everything (the services' data was replaced under this process: tests)."""
+        with self._changed:
+            self._clear()
+
     def _clear(self) -> None:
         self._entries.clear()
         self._heard.clear()
@@ -171,6 +176,11 @@ class Known:
     def connection_down(self) -> None:
         for memory in self.memories:
             memory.connection_down()
+        self._names.clear()
+
+    def clear(self) -> None:
+        for memory in self.memories:
+            memory.clear()
         self._names.clear()
 
     def profile_changed(self, user_id: int, username: str, about_me: str, position: int) -> None:

@@ -31,10 +31,10 @@ class Services:
                                      get_users=lambda ids: {}, record_seen=lambda uid: None,
                                      check_session=lambda uid, token: profile if token == TOKEN else None)
         self.messages = SimpleNamespace(
-            mark_inbox_read=lambda uid: {"event_type": "InboxRead", "position": 7, "user_id": uid},
-            inbox=lambda uid, page: {"messages": [], "pages": 1, "has_next": False, "has_prev": False})
-        self.notifications = SimpleNamespace(position=lambda: 7, unread_message_count=lambda uid: 3,
-                                             notifications_since=lambda uid, since: [])
+            open_inbox=lambda uid, page: {"messages": [], "pages": 1, "has_next": False, "has_prev": False,
+                                          "read": None, "read_after": 0})
+        row = {"name": "unread_message_count", "data": 3, "timestamp": 1.0}
+        self.notifications = SimpleNamespace(notifications_since=lambda uid, since: [row] if since < 1 else [])
         for service in down:
             namespace = getattr(self, service)
             for name in vars(namespace):
