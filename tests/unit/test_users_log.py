@@ -96,13 +96,18 @@ def test_a_refused_profile_edit_appends_nothing(users_db):
     assert users_db.head() == 2
 
 
-def test_signing_in_and_sessions_publish_nothing(users_db):
+def test_signing_in_publishes_nothing_and_a_sign_out_publishes_that_user_only(users_db):
     susan = register(users_db, "susan")["id"]
     accounts.authenticate(users_db, "susan", PASSWORD, checker=lambda hashed, password: True)
     accounts.record_seen(users_db, susan)
     token = accounts.open_session(users_db, susan, 60)["token"]
-    accounts.end_session(users_db, susan, token)
     assert users_db.head() == 1
+    assert accounts.end_session(users_db, susan, token)
+    ended = users_db.read_after(1, 10)
+    assert [type(e).__name__ for e in ended] == ["SessionEnded"] and ended[0].user_id == susan
+    assert "token" not in str(ended[0].to_dict()["data"])  # it names no session
+    assert not accounts.end_session(users_db, susan, token)  # ending it again: nothing more
+    assert users_db.head() == 2
 
 
 def test_the_fold_of_the_feed_is_the_users_table(users_db):
