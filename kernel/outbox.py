@@ -32,7 +32,7 @@ BUSY_RETRY = 0.01  # seconds before looking again when another relay held the tu
 
 
 class OutboxRelay:
-    def __init__(self, open_log: Callable, publisher: "Publisher", poll_interval: float = 1.0, linger: float = 0.0):
+    def __init__(self, open_log: Callable, publisher, poll_interval: float = 1.0, linger: float = 0.0):
         self.open_log = open_log  # -> a ``kernel.eventlog.EventLog`` on a new session
         self.publisher = publisher
         self.poll_interval = poll_interval
@@ -74,7 +74,6 @@ class OutboxRelay:
         the database unreachable) is logged once per outage and retried with a bounded
         backoff, and the events wait in the log meanwhile."""
         self._running = True
-        failures = 0
         outage = OutageLog(logger, "outbox relay")
         while self._running:
             try:
@@ -85,13 +84,10 @@ class OutboxRelay:
             except Exception as exc:
                 # Back off whatever wakes us meanwhile: hammering a broker that is down
                 # would only burn the CPU the service needs for taking new messages.
-                failures += 1
-                delay = backoff_delay(self.poll_interval, failures)
                 outage.failed(exc, f"events wait in the log; retrying every {MAX_BACKOFF:g} s at most")
-                eventlet.sleep(delay)
+                eventlet.sleep(backoff_delay(self.poll_interval, outage.failures))
                 continue
-            failures = 0
-            outage.succeeded()
+            outage.succeeded()  # and its count of failures starts again
             if self.skipped:
                 # Another instance's relay held the row: it may have read the log before
                 # our event committed. Look again shortly rather than after poll_interval.
@@ -115,19 +111,12 @@ def backoff_delay(base: float, failures: int) -> float:
     return min(base * 2 ** min(failures, 32), MAX_BACKOFF)
 
 
-class Publisher:
-    """What the relay needs of a broker: ``publish`` events (as ``Event.to_dict``
-    payloads) in order, then ``flush``, which returns once the broker has accepted all of
-    them or raises."""
-
-    def publish(self, payload: dict) -> None:
-        raise NotImplementedError
-
-    def flush(self) -> None:
-        raise NotImplementedError
+# A publisher is what the relay needs of a broker: ``publish`` events (as ``Event.to_dict``
+# payloads) in order, then ``flush``, which returns once the broker has accepted all of
+# them or raises. There are two, below.
 
 
-class NamekoEventPublisher(Publisher):
+class NamekoEventPublisher:
     """One message per event, as nameko's events are published: exchange
     ``<source>.events``, routing key = event type (the class name), so
     ``@event_handler("messages", "MessageSent")`` receives them. Used on the embedded
@@ -153,7 +142,7 @@ class NamekoEventPublisher(Publisher):
         pass
 
 
-class ConfirmedBatchPublisher(Publisher):
+class ConfirmedBatchPublisher:
     """RabbitMQ: the same messages, published on one channel in confirm mode, waiting for
     the broker's confirms once per batch instead of once per event.
 
@@ -241,7 +230,7 @@ class ConfirmedBatchPublisher(Publisher):
             raise
 
 
-def publisher_for(config: dict, source_service: str) -> Publisher:
+def publisher_for(config: dict, source_service: str):
     scheme = config["AMQP_URI"].split("://", 1)[0]
     if scheme in ("amqp", "pyamqp", "amqps"):
         return ConfirmedBatchPublisher(config, source_service)
@@ -274,8 +263,7 @@ class Outbox(DependencyProvider):
         if self.relay is not None:
             self.relay.stop()
 
-    def kill(self):
-        self.stop()
+    kill = stop
 
     def get_dependency(self, worker_ctx) -> OutboxRelay:
         return self.relay
