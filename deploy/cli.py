@@ -164,10 +164,10 @@ def _serve_service(name: str, migrate: bool) -> None:
         if migrate:
             apply_migrations(spec, url)
     if config.get("METRICS_PORT"):
-        from kernel import metrics
+        from prometheus_client import start_http_server  # the default registry, /metrics, in a thread
 
         try:
-            metrics.serve(config["METRICS_PORT"])
+            start_http_server(config["METRICS_PORT"], addr="0.0.0.0")
         except OSError as exc:
             _fail(f"cannot serve metrics on METRICS_PORT {config['METRICS_PORT']}: {exc.strerror or exc}", 1)
     from kernel import logs

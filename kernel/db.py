@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import weakref
 from pathlib import Path
 
+import psycopg2
 from nameko.extensions import DependencyProvider
+from psycopg2.extensions import TransactionRollbackError, get_wait_callback
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy import exc as sa
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from kernel.errors import DatabaseUnavailable
+from kernel.outage import OutageLog
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +43,16 @@ def create_db_engine(url: str, pool_size: int = 10, watch: bool = True) -> Engin
     on the busy timeout while blocking the loop. Workers queue for the connection instead.
     """
     url = normalise_url(url)
-    if not is_sqlite(url):
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args=_connect_args(url))
-        _ping_connections_left_idle(engine)
-        _connect_in_time(engine)
-        if watch:
-            watch_outages(engine)
-        return engine
+    if is_sqlite(url):
+        engine = _sqlite_engine(url)
+    else:
+        engine = _postgres_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    if watch:
+        watch_outages(engine)
+    return engine
 
+
+def _sqlite_engine(url: str) -> Engine:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -70,8 +79,13 @@ def create_db_engine(url: str, pool_size: int = 10, watch: bool = True) -> Engin
     def _on_begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    if watch:
-        watch_outages(engine)
+    return engine
+
+
+def _postgres_engine(url: str, **options) -> Engine:
+    engine = create_engine(url, connect_args=_connect_args(url), **options)
+    _ping_connections_left_idle(engine)
+    _connect_in_time(engine)
     return engine
 
 
@@ -89,11 +103,8 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, 
 
 
 def _connect_args(url: str) -> dict:
-    if is_sqlite(url):
-        return {}
-    args = dict(KEEPALIVES)
-    if "connect_timeout=" not in url:
-        args["connect_timeout"] = CONNECT_TIMEOUT
+    """The keepalives and the connect timeout, but for those the URL sets itself."""
+    args = {**KEEPALIVES, "connect_timeout": CONNECT_TIMEOUT}
     return {key: value for key, value in args.items() if f"{key}=" not in url}
 
 
@@ -105,9 +116,6 @@ def _connect_in_time(engine: Engine) -> None:
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect, record, cargs, cparams):
-        import psycopg2
-        from psycopg2.extensions import get_wait_callback
-
         timeout = float(cparams.get("connect_timeout") or 0)
         if timeout <= 0 or get_wait_callback() is None:
             return None  # libpq enforces it (blocking connect), or there is none to enforce
@@ -130,7 +138,6 @@ def _ping_connections_left_idle(engine: Engine) -> None:
     sat idle may have been cut (a database restart, a proxy's idle timeout), and a dead
     one is replaced before use (SQLAlchemy retries checkout on ``DisconnectionError``).
     """
-    from sqlalchemy import exc
 
     @event.listens_for(engine, "checkin")
     def _stamp(dbapi_connection, record):
@@ -145,7 +152,7 @@ def _ping_connections_left_idle(engine: Engine) -> None:
             cursor.execute("SELECT 1")
             cursor.close()
         except Exception as error:
-            raise exc.DisconnectionError(str(error)) from error
+            raise sa.DisconnectionError(str(error)) from error
 
 
 _autocommit_siblings: "weakref.WeakKeyDictionary[Engine, Engine]" = weakref.WeakKeyDictionary()
@@ -160,16 +167,9 @@ def autocommit_engine_for(engine: Engine) -> Engine:
     """
     sibling = _autocommit_siblings.get(engine)
     if sibling is None:
-        sibling = create_engine(
-            engine.url,
-            isolation_level="AUTOCOMMIT",
-            pool_reset_on_return=None,
-            pool_size=engine.pool.size(),
-            max_overflow=engine.pool.size(),
-            connect_args=_connect_args(engine.url.render_as_string(hide_password=False)),
-        )
-        _ping_connections_left_idle(sibling)
-        _connect_in_time(sibling)
+        sibling = _postgres_engine(engine.url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT",
+                                   pool_reset_on_return=None, pool_size=engine.pool.size(),
+                                   max_overflow=engine.pool.size())
         watch_outages(sibling)
         _autocommit_siblings[engine] = sibling
     return sibling
@@ -199,21 +199,15 @@ def is_database_unavailable(exc: BaseException) -> bool:
     or ``DBAPIError`` with ``connection_invalidated``), or ``DatabaseUnavailable`` itself.
     Not a deadlock or serialization failure, nor SQLite's schema errors ("no such table").
     """
-    from sqlalchemy import exc as sa
-
-    from kernel.errors import DatabaseUnavailable
-
     seen = 0
     while exc is not None and seen < 5:
-        if isinstance(exc, DatabaseUnavailable):
+        if isinstance(exc, (DatabaseUnavailable, sa.DisconnectionError, sa.TimeoutError, sa.InterfaceError)):
             return True
         if isinstance(exc, sa.DBAPIError) and exc.connection_invalidated:
             return True
-        if isinstance(exc, (sa.DisconnectionError, sa.TimeoutError, sa.InterfaceError)):
-            return True
         if isinstance(exc, sa.OperationalError):
             return _driver_says_unreachable(exc.orig)
-        if _is_driver_error(exc):
+        if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError)):
             return _driver_says_unreachable(exc)
         exc, seen = exc.__cause__, seen + 1  # e.g. a DisconnectionError raised from the driver's error
     return False
@@ -222,8 +216,6 @@ def is_database_unavailable(exc: BaseException) -> bool:
 def database_unavailable_reply(exc_info, service_name: str):
     """``exc_info``, with a database connection error (``is_database_unavailable``) replaced
     by ``DatabaseUnavailable``; anything else unchanged."""
-    from kernel.errors import DatabaseUnavailable
-
     exc = exc_info[1]
     if isinstance(exc, DatabaseUnavailable) or not is_database_unavailable(exc):
         return exc_info
@@ -231,14 +223,6 @@ def database_unavailable_reply(exc_info, service_name: str):
                                 "please try again shortly.")
     error.__cause__ = exc
     return type(error), error, exc_info[2]
-
-
-def _is_driver_error(exc) -> bool:
-    import sqlite3
-
-    import psycopg2
-
-    return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError))
 
 
 # PostgreSQL error codes (SQLSTATE) that mean "the server cannot serve you right now", as
@@ -256,11 +240,6 @@ _UNREACHABLE_SQLITE = ("unable to open", "disk i/o error", "database is locked")
 
 
 def _driver_says_unreachable(orig) -> bool:
-    import sqlite3
-
-    import psycopg2
-    from psycopg2.extensions import TransactionRollbackError
-
     if isinstance(orig, TransactionRollbackError):  # deadlock, serialization failure: the statement's
         return False
     if isinstance(orig, sqlite3.OperationalError):
@@ -276,7 +255,7 @@ def _driver_says_unreachable(orig) -> bool:
     return orig is None
 
 
-class Outage:
+class Outage(OutageLog):
     """One database's reachability as this process sees it, shared by everything in the
     process that uses it (``outage_for``).
 
@@ -289,46 +268,29 @@ class Outage:
     """
 
     def __init__(self, label: str, base: float = 0.1, cap: float = 2.0, clock=time.monotonic, log=None):
-        self.label = label
+        super().__init__(log or logger, label, clock)
         self.base = base
         self.cap = cap
-        self.clock = clock
-        self.log = log or logger
-        self.down_since: float | None = None
-        self.failures = 0
         self.retry_at = 0.0
+        self.engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()  # those that reach this database
 
-    @property
-    def down(self) -> bool:
-        return self.down_since is not None
-
-    def delay(self) -> float:
-        """Seconds from a failure to the next attempt, given the failures so far."""
-        if self.failures == 0:
-            return 0.0
-        return min(self.base * 2 ** min(self.failures - 1, 30), self.cap)
-
-    def failed(self, exc: BaseException | None = None) -> None:
-        now = self.clock()
-        if self.down_since is None:
-            self.down_since = now
-            self.log.warning("%s unreachable (%s); answering 'unavailable', retrying with a backoff of up to "
-                             "%g s, until it answers", self.label, one_line(exc), self.cap)
-        self.failures += 1
-        self.retry_at = now + self.delay()
+    def failed(self, exc: BaseException | None = None, retrying: str = "") -> None:
+        super().failed(exc)
+        self.retry_at = self.clock() + min(self.base * 2 ** min(self.failures - 1, 30), self.cap)
         if exc is not None:
             _mark_reported(exc)
 
-    def succeeded(self) -> None:
-        if self.down_since is None:
-            return
-        lasted, attempts = self.clock() - self.down_since, self.failures
-        self.down_since, self.failures, self.retry_at = None, 0, 0.0
-        self.log.warning("%s answers again, after %.1f s unreachable (%d failed attempts)", self.label, lasted, attempts)
+    def went_down(self, exc: BaseException | None, retrying: str) -> None:
+        self.logger.warning("%s unreachable (%s); answering 'unavailable', retrying with a backoff of up to "
+                            "%g s, until it answers", self.what, one_line(exc), self.cap)
+
+    def came_back(self, lasted: float, failures: int) -> None:
+        self.retry_at = 0.0
+        self.logger.warning("%s answers again, after %.1f s unreachable (%d failed attempts)", self.what, lasted, failures)
 
     def due_in(self) -> float:
         """Seconds until the next attempt may be made (0 when up)."""
-        if self.down_since is None:
+        if self.since is None:
             return 0.0
         return max(0.0, self.retry_at - self.clock())
 
@@ -357,16 +319,14 @@ _outages_lock = threading.Lock()
 def outage_for(url, label: str | None = None) -> Outage:
     """The process's ``Outage`` of the database at ``url`` (one per database, whatever
     engines reach it)."""
-    from sqlalchemy.engine import make_url
-
     url = make_url(normalise_url(str(url)) if isinstance(url, str) else url)
     key = url.render_as_string(hide_password=True)
     with _outages_lock:
         outage = _outages.get(key)
         if outage is None:
             outage = _outages[key] = Outage(label or f"database {_describe(url)}")
-        elif label and outage.label.startswith("database "):
-            outage.label = label
+        elif label and outage.what.startswith("database "):
+            outage.what = label
         return outage
 
 
@@ -376,20 +336,11 @@ def _describe(url) -> str:
     return f"{url.database} at {url.host or 'localhost'}:{url.port or 5432}"
 
 
-_engines: "weakref.WeakKeyDictionary[Outage, weakref.WeakSet]" = weakref.WeakKeyDictionary()
-
-
-def _engines_of(outage: Outage) -> "weakref.WeakSet[Engine]":
-    with _outages_lock:
-        return _engines.setdefault(outage, weakref.WeakSet())
-
-
 def watch_outages(engine: Engine) -> None:
     """Report the engine's connection failures to its database's ``Outage`` and a new
     connection made (the database answers) as the end of one."""
     outage = outage_for(engine.url)
-    siblings = _engines_of(outage)
-    siblings.add(engine)
+    outage.engines.add(engine)
 
     @event.listens_for(engine, "handle_error")
     def _failed(context):
@@ -402,7 +353,7 @@ def watch_outages(engine: Engine) -> None:
             # SQLAlchemy discards this engine's pooled connections (they predate the drop);
             # those of the other engines on the same database are just as dead: discard
             # them too, rather than find each one dead after the database is back.
-            for other in list(siblings):
+            for other in list(outage.engines):
                 if other is not engine:
                     other.dispose(close=False)
 
@@ -426,12 +377,10 @@ class _QuietWhileReported(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is None or not (is_database_unavailable(exc) or getattr(exc, "outage_reported", False)):
-            return True
         if getattr(exc, "outage_reported", False):
             return False
-        record.exc_info = None
-        record.exc_text = None
+        if exc is not None and is_database_unavailable(exc):
+            record.exc_info = record.exc_text = None
         return True
 
 
@@ -506,7 +455,8 @@ class Database(DependencyProvider):
             raise RuntimeError(f"{self.container.service_name}: config has no {self.url_key}") from None
         self.engine = create_db_engine(url, pool_size=int(config.get(self.pool_size_key, 10)))
         self.make_session = sessionmaker(self.engine, expire_on_commit=False)
-        self.recorder = self.storage.for_engine(self.engine) if self.storage is not None else None
+        # Without a storage, the bare session.
+        self.recorder = self.storage.for_engine(self.engine) if self.storage is not None else (lambda session: session)
         self.outage = outage_for(self.engine.url, f"{self.container.service_name} database ({_describe(self.engine.url)})")
         quiet_worker_tracebacks_during_outages()
 
@@ -514,18 +464,15 @@ class Database(DependencyProvider):
         if self.engine is not None:
             dispose(self.engine)
 
-    def kill(self):
-        self.stop()
+    kill = stop
 
     def open(self):
         """A new session, wrapped in the service's recorder if it has one (close it after)."""
-        session = self.make_session()
-        return self.recorder(session) if self.recorder is not None else session
+        return self.recorder(self.make_session())
 
     def get_dependency(self, worker_ctx):
-        session = self.make_session()
-        self.sessions[worker_ctx] = session
-        return self.recorder(session) if self.recorder is not None else session
+        session = self.sessions[worker_ctx] = self.make_session()
+        return self.recorder(session)
 
     def worker_teardown(self, worker_ctx):
         session = self.sessions.pop(worker_ctx, None)

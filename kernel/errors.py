@@ -13,6 +13,10 @@ class ServiceError(Exception):
 
     default_field: str | None = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        deserialize_to_instance(cls)  # every subclass crosses RPC as itself
+
     def __init__(self, message: str = "", field: str | None = None):
         super().__init__(message, field if field is not None else self.default_field)
 
@@ -28,42 +32,34 @@ class ServiceError(Exception):
         return self.message
 
 
-@deserialize_to_instance
 class ValidationFailed(ServiceError):
     """Input was rejected; the message says why and ``field`` (when known) says where."""
 
 
-@deserialize_to_instance
 class UsernameTaken(ValidationFailed):
     default_field = "username"
 
 
-@deserialize_to_instance
 class EmailTaken(ValidationFailed):
     default_field = "email"
 
 
-@deserialize_to_instance
 class InvalidCredentials(ServiceError):
     """Username and password do not match an account."""
 
 
-@deserialize_to_instance
 class UserNotFound(ServiceError):
     """No user has that id or username."""
 
 
-@deserialize_to_instance
 class RecipientNotFound(UserNotFound):
     """A message was addressed to a user who does not exist."""
 
 
-@deserialize_to_instance
 class DependencyUnavailable(ServiceError):
     """A service could not reach another service it needs (it did not answer in time)."""
 
 
-@deserialize_to_instance
 class DatabaseUnavailable(DependencyUnavailable):
     """A service could not reach its own database (refused, cut, timed out): try again
     shortly. Raised for every entry point by ``kernel.rpc.Rpc`` (see

@@ -137,11 +137,10 @@ class EventLog(Recorder):
         finally:
             self.session.rollback()
 
-    def relay_round(self, limit: int, publish) -> int | None:
-        """Read up to ``limit`` events past ``published``, ``publish(payloads)`` them (it
-        returns once the broker has them, or raises) and record them as published, in one
-        transaction. Returns how many; ``None`` if another relay holds the turn."""
-        raise NotImplementedError
+    # Each database's recorder adds ``relay_round(limit, publish)``: read up to ``limit``
+    # events past ``published``, ``publish(payloads)`` them (it returns once the broker has
+    # them, or raises) and record them as published, in one transaction. It returns how
+    # many; ``None`` if another relay holds the turn.
 
 
 def _events_json(quote: str, occurred_at: str, order: str = "") -> text:

@@ -53,9 +53,7 @@ class ExpectedErrors(logging.Filter):
         if isinstance(exc, ServiceError):
             record.msg = "(expected) %s: %s: %s"
             record.args = (_entry_point(record), type(exc).__name__, clip(str(exc), MESSAGE_MAX))
-            record.exc_info = None
-            record.exc_text = None
-            record.stack_info = None
+            record.exc_info = record.exc_text = record.stack_info = None
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         return True
 

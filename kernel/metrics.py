@@ -4,7 +4,7 @@ Services: ``Metrics`` (a nameko DependencyProvider on each service class) counts
 every RPC entry point per method and outcome; the ``stats`` RPCs set the projection and
 outbox gauges, and ``metrics_refresh`` (a timer entry point) calls them every
 ``METRICS_REFRESH`` seconds when ``METRICS_PORT`` is set. ``microblog serve <service>``
-serves the default registry on ``METRICS_PORT``.
+serves the default registry on ``METRICS_PORT`` (``prometheus_client.start_http_server``).
 
 Gateway: ``instrument_app`` counts and times requests per endpoint and status;
 ``InstrumentedRpcPool`` times the RPC calls it makes; ``metrics_response`` is its
@@ -101,13 +101,10 @@ class Metrics(DependencyProvider):
     def setup(self):
         self.started: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    def _is_rpc(self, worker_ctx) -> bool:
+    def worker_setup(self, worker_ctx):
         from nameko.rpc import Rpc
 
-        return isinstance(worker_ctx.entrypoint, Rpc)
-
-    def worker_setup(self, worker_ctx):
-        if self._is_rpc(worker_ctx):
+        if isinstance(worker_ctx.entrypoint, Rpc):
             self.started[worker_ctx] = time.perf_counter()
 
     def worker_result(self, worker_ctx, result=None, exc_info=None):
@@ -118,9 +115,6 @@ class Metrics(DependencyProvider):
         RPC_DURATION.labels(service, method).observe(time.perf_counter() - started)
         outcome = "ok" if exc_info is None else exc_info[0].__name__
         RPC_REQUESTS.labels(service, method, outcome).inc()
-
-    def get_dependency(self, worker_ctx):
-        return None
 
 
 class MetricsTimer(Timer):
@@ -133,17 +127,9 @@ class MetricsTimer(Timer):
         self.interval = float(config.get("METRICS_REFRESH", self.interval))
         super().setup()
 
-    def start(self):
-        if self.enabled:
-            super().start()
-
-    def stop(self):
-        if self.enabled:
-            super().stop()
-
-    def kill(self):
-        if self.enabled:
-            super().kill()
+    def _run(self):
+        if self.enabled:  # otherwise the timer's thread ends at once: no ticks
+            super()._run()
 
 
 def metrics_refresh(fn):
@@ -158,13 +144,6 @@ def refresh_quietly(stats) -> None:
         stats()
     except Exception as exc:
         logger.debug("metrics: gauges not refreshed (%s: %s)", type(exc).__name__, exc)
-
-
-def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Serve the default registry on ``host:port`` (``/metrics``, in a background thread)."""
-    from prometheus_client import start_http_server
-
-    start_http_server(port, addr=host)
 
 
 # -- gateway ----------------------------------------------------------------------------
@@ -212,11 +191,8 @@ class InstrumentedRpcPool(RpcPool):
         outcome = "ok"
         try:
             return super().call(service, method, *args, **kwargs)
-        except ServiceUnavailable:
-            outcome = "unavailable"
-            raise
         except Exception as exc:
-            outcome = type(exc).__name__
+            outcome = "unavailable" if isinstance(exc, ServiceUnavailable) else type(exc).__name__
             raise
         finally:
             RPC_CALL_DURATION.labels(service, method).observe(time.perf_counter() - started)

@@ -32,7 +32,7 @@ BUSY_RETRY = 0.01  # seconds before looking again when another relay held the tu
 
 
 class OutboxRelay:
-    def __init__(self, open_log: Callable, publisher: "Publisher", poll_interval: float = 1.0, linger: float = 0.0):
+    def __init__(self, open_log: Callable, publisher, poll_interval: float = 1.0, linger: float = 0.0):
         self.open_log = open_log  # -> a ``kernel.eventlog.EventLog`` on a new session
         self.publisher = publisher
         self.poll_interval = poll_interval
@@ -74,7 +74,6 @@ class OutboxRelay:
         the database unreachable) is logged once per outage and retried with a bounded
         backoff, and the events wait in the log meanwhile."""
         self._running = True
-        failures = 0
         outage = OutageLog(logger, "outbox relay")
         while self._running:
             try:
@@ -85,13 +84,10 @@ class OutboxRelay:
             except Exception as exc:
                 # Back off whatever wakes us meanwhile: hammering a broker that is down
                 # would only burn the CPU the service needs for taking new messages.
-                failures += 1
-                delay = backoff_delay(self.poll_interval, failures)
                 outage.failed(exc, f"events wait in the log; retrying every {MAX_BACKOFF:g} s at most")
-                eventlet.sleep(delay)
+                eventlet.sleep(backoff_delay(self.poll_interval, outage.failures))
                 continue
-            failures = 0
-            outage.succeeded()
+            outage.succeeded()  # and its count of failures starts again
             if self.skipped:
                 # Another instance's relay held the row: it may have read the log before
                 # our event committed. Look again shortly rather than after poll_interval.
@@ -115,57 +111,29 @@ def backoff_delay(base: float, failures: int) -> float:
     return min(base * 2 ** min(failures, 32), MAX_BACKOFF)
 
 
-class Publisher:
-    """What the relay needs of a broker: ``publish`` events (as ``Event.to_dict``
-    payloads) in order, then ``flush``, which returns once the broker has accepted all of
-    them or raises."""
+class EventPublisher:
+    """What the relay needs of a broker: ``publish`` events (as ``Event.to_dict`` payloads)
+    in order, then ``flush``, which returns once the broker has accepted all of them or
+    raises.
 
-    def publish(self, payload: dict) -> None:
-        raise NotImplementedError
+    One message per event, as nameko's events are published: exchange ``<source>.events``,
+    routing key = event type (the class name), so ``@event_handler("messages",
+    "MessageSent")`` receives them. Unlike nameko's standalone ``event_dispatcher``, the
+    exchange is declared with the publish: a broker that has never seen a consumer would
+    otherwise refuse every event.
 
-    def flush(self) -> None:
-        raise NotImplementedError
-
-
-class NamekoEventPublisher(Publisher):
-    """One message per event, as nameko's events are published: exchange
-    ``<source>.events``, routing key = event type (the class name), so
-    ``@event_handler("messages", "MessageSent")`` receives them. Used on the embedded
-    (in-memory) transport, where every publish completes at once.
-
-    Unlike nameko's standalone ``event_dispatcher``, the exchange is declared with the
-    publish: a broker that has never seen a consumer would otherwise refuse every event.
-    """
-
-    def __init__(self, config: dict, source_service: str):
-        from nameko import serialization
-        from nameko.amqp.publish import Publisher as AmqpPublisher
-        from nameko.standalone.events import get_event_exchange
-
-        self.exchange = get_event_exchange(source_service, config)
-        serializer, _ = serialization.setup(config)
-        self.publisher = AmqpPublisher(config["AMQP_URI"], serializer=serializer, declare=[self.exchange])
-
-    def publish(self, payload: dict) -> None:
-        self.publisher.publish(payload, exchange=self.exchange, routing_key=payload["event_type"])
-
-    def flush(self) -> None:
-        pass
-
-
-class ConfirmedBatchPublisher(Publisher):
-    """RabbitMQ: the same messages, published on one channel in confirm mode, waiting for
-    the broker's confirms once per batch instead of once per event.
-
-    Waiting per event (what nameko's publisher does) costs a round trip and most of the
-    relay's CPU under load. Messages on one channel are routed in publish order, so order
-    is kept.
+    On RabbitMQ, on one channel in confirm mode, waiting for the broker's confirms once per
+    batch instead of once per event: waiting per event (what nameko's publisher does) costs
+    a round trip and most of the relay's CPU under load. Messages on one channel are routed
+    in publish order, so order is kept. On the embedded (in-memory) transport, which has no
+    confirms, every publish completes at once.
     """
 
     def __init__(self, config: dict, source_service: str, confirm_timeout: float = 10.0):
         from nameko.standalone.events import get_event_exchange
 
         self.amqp_uri = config["AMQP_URI"]
+        self.confirms = self.amqp_uri.split("://", 1)[0] in ("amqp", "pyamqp", "amqps")
         self.exchange = get_event_exchange(source_service, config)
         self.confirm_timeout = confirm_timeout
         self.connection = None
@@ -177,9 +145,10 @@ class ConfirmedBatchPublisher(Publisher):
         try:
             connection.ensure_connection(max_retries=0)  # one attempt: the relay backs off itself
             channel = connection.channel()
-            channel.confirm_select()
-            channel.events["basic_ack"].add(self._on_ack)
-            channel.events["basic_nack"].add(self._on_nack)
+            if self.confirms:
+                channel.confirm_select()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
             self.producer = Producer(channel, exchange=self.exchange, serializer="json")
             self.exchange(channel).declare()
         except BaseException:
@@ -224,7 +193,7 @@ class ConfirmedBatchPublisher(Publisher):
             raise
 
     def flush(self) -> None:
-        if self.connection is None:
+        if self.connection is None or not self.confirms:
             return
         try:
             # An Exception, not eventlet's Timeout (a BaseException): that would go through
@@ -239,13 +208,6 @@ class ConfirmedBatchPublisher(Publisher):
         except BaseException:
             self._reset()
             raise
-
-
-def publisher_for(config: dict, source_service: str) -> Publisher:
-    scheme = config["AMQP_URI"].split("://", 1)[0]
-    if scheme in ("amqp", "pyamqp", "amqps"):
-        return ConfirmedBatchPublisher(config, source_service)
-    return NamekoEventPublisher(config, source_service)
 
 
 class Outbox(DependencyProvider):
@@ -264,7 +226,7 @@ class Outbox(DependencyProvider):
         config = self.container.config
         self.relay = OutboxRelay(
             database.open,
-            publisher_for(config, self.container.service_name),
+            EventPublisher(config, self.container.service_name),
             poll_interval=float(config.get("OUTBOX_POLL_INTERVAL", 1.0)),
             linger=float(config.get("OUTBOX_LINGER", 0.0)),
         )
@@ -274,8 +236,7 @@ class Outbox(DependencyProvider):
         if self.relay is not None:
             self.relay.stop()
 
-    def kill(self):
-        self.stop()
+    kill = stop
 
     def get_dependency(self, worker_ctx) -> OutboxRelay:
         return self.relay

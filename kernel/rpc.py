@@ -68,27 +68,24 @@ NO_WAIT_RETRY = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "int
 CONNECT_TIMEOUT = 3.0  # seconds; kombu's default is 4, per attempt
 
 
-class FailFastPublisher(Publisher):
-    """nameko's publisher, without its sleeps between reconnects (see the module doc), and
-    with a bound on waiting for the broker's confirm (a hung broker never sends it)."""
+class RequestPublisher(Publisher):
+    """RPC requests: confirmed (an unknown service is reported at once), transient. nameko's
+    publisher, without its sleeps between reconnects (see the module doc), and with a bound
+    on waiting for the broker's confirm (a hung broker never sends it)."""
 
     retry_policy = NO_WAIT_RETRY
     transport_options = {**DEFAULT_TRANSPORT_OPTIONS, **NO_WAIT_RETRY, "connect_retries_timeout": CONNECT_TIMEOUT}
+    delivery_mode = NON_PERSISTENT
 
     def __init__(self, amqp_uri, **options):
         options.setdefault("confirm_timeout", CONNECT_TIMEOUT)
         super().__init__(amqp_uri, **options)
 
 
-class RequestPublisher(FailFastPublisher):
-    """RPC requests: confirmed (an unknown service is reported at once), transient."""
+class UnconfirmedPublisher(RequestPublisher):
+    """RPC replies: the same, unconfirmed."""
 
-    delivery_mode = NON_PERSISTENT
-
-
-class UnconfirmedPublisher(FailFastPublisher):
     use_confirms = False
-    delivery_mode = NON_PERSISTENT
 
 
 class Responder(nameko_rpc.Responder):

@@ -152,11 +152,10 @@ class PostgresMessages(Inbox, PostgresLog):
     PROJECTIONS = {event_type: (sql.format(source="logged", messages=MESSAGES.name, states=STATES.name),)
                    for event_type, sql in RULES.items()}
 
-    def commit_event(self, event) -> dict:
-        """Append ``event`` and update the inbox, one statement in its own transaction (see
-        ``PostgresLog.append_with_projections``); returns the logged event's payload, or
-        the earlier event's if its idempotency key is already logged."""
-        return self.append_with_projections(event)
+    # Append the event and update the inbox, one statement in its own transaction; returns
+    # the logged event's payload, or the earlier event's if its idempotency key is already
+    # logged.
+    commit_event = PostgresLog.append_with_projections
 
 
 class SqliteMessages(Inbox, SqliteLog):

@@ -1,7 +1,6 @@
 """The notifications service's tables: the projection's rows and its tracking row."""
 from sqlalchemy import (
     BigInteger,
-    Column,
     Float,
     Index,
     Integer,
@@ -48,11 +47,4 @@ class Tracking(Base):
 # Where a replay builds the projection beside the live table before swapping it in. Not
 # part of the schema proper (no index: only the replay writes it, only the swap reads it).
 REBUILD = "notifications_rebuild"
-rebuild_table = Table(
-    REBUILD,
-    MetaData(),
-    Column("user_id", Integer, primary_key=True, autoincrement=False),
-    Column("name", String(128), primary_key=True),
-    Column("payload_json", Text, nullable=False),
-    Column("timestamp", Float(precision=53), nullable=False),
-)
+rebuild_table = Table(REBUILD, MetaData(), *(column._copy() for column in Notification.__table__.columns))

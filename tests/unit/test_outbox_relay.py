@@ -280,7 +280,7 @@ def test_a_broker_outage_is_logged_once_and_its_end_once(messages_db, monkeypatc
 def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_end_of_it(real_infra, rabbit_config):
     # eventlet's Timeout is a BaseException: raised out of flush it would pass the relay's
     # ``except Exception`` and end its thread, and nameko kills the service for that.
-    from kernel.outbox import ConfirmedBatchPublisher
+    from kernel.outbox import EventPublisher
     from tests.fault.proxy import TcpProxy
 
     def payload(position):
@@ -288,7 +288,7 @@ def test_a_broker_that_stops_confirming_is_an_error_the_relay_retries_not_the_en
 
     broker = TcpProxy(("127.0.0.1", 5672)).start()
     try:
-        publisher = ConfirmedBatchPublisher({"AMQP_URI": rabbit_config["AMQP_URI"].replace(
+        publisher = EventPublisher({"AMQP_URI": rabbit_config["AMQP_URI"].replace(
             ":5672", f":{broker.port}")}, "messages", confirm_timeout=0.5)
         publisher.publish(payload(1))
         publisher.flush()
