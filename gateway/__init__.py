@@ -75,7 +75,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         {"AMQP_URI": settings.amqp_uri}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout
     )
     # One hub per process: open streams and the process's memory, fed by the events.
-    known = app.extensions["known"] = Known(lambda: pool, size=settings.memory_users,
+    known = app.extensions["known"] = Known(lambda: app.extensions["rpc"], size=settings.memory_users,
                                             notifications_ttl=settings.poll_cache_ttl)
     hub = Hub(settings.amqp_uri, read_many=lambda pairs: pool.notifications.notifications_since_many(pairs),
               known=known)

@@ -1,0 +1,154 @@
+"""Pages from the gateway's memory (issue 13), over the embedded and the real system: at
+most one RPC per page once the memory is warm, one RPC per form send, the log holds facts
+(Messages with nothing unread writes nothing), and the person who acted never sees their
+own change undone: a rename shows on every page, the badge is 0 after opening Messages, a
+sign-out ends the session everywhere, a send reaches the recipient's badge."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.helpers import post_form, signed_in, text
+from tests.waiting import wait_until
+
+
+class CountingPool:
+    """The app's RPC pool, recording each call a request makes."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.calls: list[str] = []
+
+    def __getattr__(self, service):
+        target = getattr(self.pool, service)
+        calls = self.calls
+
+        class Service:
+            def __getattr__(self, method):
+                def call(*args, **kwargs):
+                    calls.append(f"{service}.{method}")
+                    return getattr(target, method)(*args, **kwargs)
+                return call
+
+        return Service()
+
+
+@pytest.fixture
+def counting(system_app):
+    pool = system_app.extensions["rpc"]
+    counter = system_app.extensions["rpc"] = CountingPool(pool)
+    known = system_app.extensions["known"]
+    wait_until(lambda: known.notifications.connected, message="the gateway's listener is not connected")
+    for memory in known.memories:  # only events, never age, may change what is kept here
+        memory.ttl = 3600
+    yield counter
+    system_app.extensions["rpc"] = pool
+
+
+def _badge(client, path="/index") -> tuple[str, int]:
+    page = text(client.get(path))
+    match = re.search(r'<span id="message_count" class="badge[^"]*"\s+style="visibility: (\w+);">(\d+)</span>', page)
+    assert match, "no badge on the page"
+    return match.group(1), int(match.group(2))
+
+
+def _count(client) -> int:
+    rows = [row for row in client.get("/notifications").get_json() if row["name"] == "unread_message_count"]
+    return rows[-1]["data"] if rows else 0
+
+
+def _head(app) -> int:
+    with app.app_context():
+        return app.extensions["rpc"].messages.head()
+
+
+def test_pages_make_at_most_one_rpc_and_a_form_send_one(susan_and_john, system_app, counting):
+    susan, john = susan_and_john
+    for body in ("one", "two", "three"):
+        assert post_form(susan, "/send_message/john", {"message": body}).status_code == 302
+    wait_until(lambda: _count(john) == 3, interval=0.02, message="john's count did not reach 3")
+    pages = ["/index", "/user/susan", "/send_message/susan", "/notifications?since=0", "/messages", "/edit_profile"]
+    for page in pages:  # the first visits fill the memory
+        assert john.get(page).status_code == 200, page
+    for page in pages:
+        counting.calls.clear()
+        assert john.get(page).status_code == 200, page
+        allowed = ["messages.open_inbox"] if page == "/messages" else []
+        assert counting.calls == allowed, (page, counting.calls)
+    form = text(john.get("/send_message/susan"))
+    fields = dict(re.findall(r'name="(csrf_token|idempotency_key)" type="hidden" value="([^"]+)"', form))
+    counting.calls.clear()
+    sent = john.post("/send_message/susan", data={**fields, "message": "hello"}, follow_redirects=True)
+    assert sent.status_code == 200 and "Your message has been sent" in text(sent)
+    assert counting.calls == ["messages.send_message"]  # the redirect's page needed none
+    # Errors are what they were: an unknown recipient is a 404, a bad body a form error.
+    assert john.get("/send_message/nobody").status_code == 404
+    refused = post_form(john, "/send_message/susan", {"message": ""})
+    assert refused.status_code == 200 and "This field is required" in text(refused)
+
+
+def test_opening_messages_writes_an_inbox_read_only_when_something_is_unread(susan_and_john, system_app):
+    susan, john = susan_and_john
+    head = _head(system_app)
+    assert john.get("/messages").status_code == 200
+    assert _head(system_app) == head  # nothing unread: nothing written
+    post_form(susan, "/send_message/john", {"message": "one"})
+    wait_until(lambda: _count(john) == 1, interval=0.02, message="john's count did not reach 1")
+    assert john.get("/messages").status_code == 200
+    assert _head(system_app) == head + 2  # the send, and one InboxRead
+    assert _badge(john, "/messages") == ("hidden", 0)
+    assert _head(system_app) == head + 2  # read already: visiting again writes nothing
+
+
+def test_after_opening_messages_the_badge_is_zero_at_once(susan_and_john, system_app):
+    susan, john = susan_and_john
+    for body in ("one", "two"):
+        post_form(susan, "/send_message/john", {"message": body})
+    wait_until(lambda: _badge(john) == ("visible", 2), interval=0.02, message="john's badge did not show 2")
+    page = text(john.get("/messages"))
+    assert 'style="visibility: hidden;">0</span>' in page
+    assert _badge(john) == ("hidden", 0)  # the next page too: no wait for a poll
+
+
+def test_a_send_reaches_the_recipients_badge_from_memory(susan_and_john, system_app, counting):
+    susan, john = susan_and_john
+    assert _badge(john) == ("hidden", 0)  # kept in memory now
+    post_form(susan, "/send_message/john", {"message": "one"})
+    counting.calls.clear()
+    wait_until(lambda: _badge(john) == ("visible", 1), timeout=2, interval=0.01,
+               message="the send did not reach john's badge")
+    assert "notifications.notifications_since" not in counting.calls  # the change's event brought it
+
+
+def test_after_renaming_yourself_every_page_shows_the_new_name(susan_and_john, system_app, counting):
+    susan, john = susan_and_john
+    post_form(john, "/send_message/susan", {"message": "from john"})
+    wait_until(lambda: _count(susan) == 1, interval=0.02, message="susan's count did not reach 1")
+    for path in ("/index", "/user/john", "/messages"):
+        john.get(path), susan.get(path)  # both browsers' processes now keep "john"
+    saved = post_form(john, "/edit_profile", {"username": "johnny", "about_me": "renamed"})
+    assert saved.status_code == 302
+    assert 'href="/user/johnny"' in text(john.get("/index"))  # the navbar's Profile link
+    profile = text(john.get("/user/johnny"))
+    assert "johnny" in profile and "renamed" in profile
+    assert john.get("/user/john").status_code == 404
+    assert 'value="johnny"' in text(john.get("/edit_profile"))
+    # Others follow within the push latency: the rename's event reaches every process.
+    wait_until(lambda: ">johnny</a>" in text(susan.get("/messages")), timeout=2, interval=0.01,
+               message="susan's inbox still shows the old name")
+    assert susan.get("/send_message/johnny").status_code == 200
+    assert susan.get("/send_message/john").status_code == 404
+
+
+def test_a_sign_out_ends_the_session_even_for_a_copied_cookie(client, system_app, counting):
+    signed_in(client, "susan")
+    assert client.get("/index").status_code == 200
+    copy = system_app.test_client()
+    with client.session_transaction() as original, copy.session_transaction() as copied:
+        copied.update(original)
+    assert copy.get("/index").status_code == 200  # the copy works while the session lives
+    client.get("/auth/logout")
+    wait_until(lambda: copy.get("/index").status_code == 302, timeout=2, interval=0.01,
+               message="a copy of a signed-out session still works")
+    assert copy.get("/notifications").status_code == 401
