@@ -9,10 +9,22 @@ from tests.conftest import TEST_SECRET, empty_tables
 
 
 class RunningSystem:
-    def __init__(self, app, database_urls, stop):
+    def __init__(self, app, database_urls, stop, amqp_uri):
         self.app = app
         self.database_urls = database_urls
         self.stop = stop
+        self.amqp_uri = amqp_uri
+
+    def another_gateway(self):
+        """A second gateway app on the same services and broker: its own hub, listener and
+        memory (what a second gateway process has), sharing only the RPC pool."""
+        from gateway import create_app
+        from gateway.settings import GatewaySettings
+
+        app = create_app(GatewaySettings(secret_key=TEST_SECRET, amqp_uri=self.amqp_uri, poll_interval=0.2),
+                         rpc=self.app.extensions["rpc"])
+        app.config["TESTING"] = True
+        return app
 
     def settle(self, timeout=10):
         """Wait until every committed event has reached the notifications projection, so
@@ -49,7 +61,9 @@ def _start_embedded(tmp_path_factory):
 
     system = EmbeddedSystem(tmp_path_factory.mktemp("embedded"), secret_key=TEST_SECRET, poll_interval=0.2).start()
     urls = [system.config[spec.database_key] for spec in SERVICES.values()]
-    return RunningSystem(system.app, urls, system.stop)
+    from deploy.embedded import EMBEDDED_AMQP_URI
+
+    return RunningSystem(system.app, urls, system.stop, EMBEDDED_AMQP_URI)
 
 
 def _start_real(request):
@@ -77,7 +91,7 @@ def _start_real(request):
         pool.stop()
         runner.stop()
 
-    return RunningSystem(app, [config[spec.database_key] for spec in SERVICES.values()], stop)
+    return RunningSystem(app, [config[spec.database_key] for spec in SERVICES.values()], stop, config["AMQP_URI"])
 
 
 @pytest.fixture(scope="session", params=["embedded", "real"])
@@ -92,6 +106,14 @@ def running_system(request, tmp_path_factory):
 def system_app(running_system):
     running_system.reset()
     return running_system.app
+
+
+@pytest.fixture
+def second_gateway(running_system, system_app):
+    """Another gateway process, as far as memory goes (``RunningSystem.another_gateway``)."""
+    app = running_system.another_gateway()
+    yield app
+    app.extensions["hub"].stop()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ sign-out ends the session everywhere, a send reaches the recipient's badge."""
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
@@ -152,3 +153,81 @@ def test_a_sign_out_ends_the_session_even_for_a_copied_cookie(client, system_app
     wait_until(lambda: copy.get("/index").status_code == 302, timeout=2, interval=0.01,
                message="a copy of a signed-out session still works")
     assert copy.get("/notifications").status_code == 401
+
+
+# Two gateway processes (``second_gateway``: its own listener and memory). A browser's
+# requests may land on either; what one process did, the other must not undo.
+
+def _on(app, browser):
+    """A browser on ``app`` with the cookies of ``browser`` (the same session)."""
+    other = app.test_client()
+    with browser.session_transaction() as original, other.session_transaction() as copied:
+        copied.update(original)
+    return other
+
+
+class HeldEvents:
+    """Holds what ``app``'s listener hears until ``release`` (a process whose broadcast
+    arrives late: the window in which a browser may already be back on it)."""
+
+    def __init__(self, app):
+        self.hub = app.extensions["hub"]
+        self.held: list = []
+        self.originals = {name: getattr(self.hub, name) for name in ("changed", "users_event")}
+        for name, original in self.originals.items():
+            setattr(self.hub, name, lambda *args, _name=name, **kwargs: self.held.append((_name, args, kwargs)))
+
+    def release(self):
+        for name, original in self.originals.items():
+            setattr(self.hub, name, original)
+        for name, args, kwargs in self.held:
+            self.originals[name](*args, **kwargs)
+
+
+def _warm(app):
+    app.extensions["hub"].start()  # as its first request would
+    known = app.extensions["known"]
+    wait_until(lambda: known.notifications.connected, message="the second gateway's listener is not connected")
+
+
+def test_with_two_gateways_your_rename_shows_on_the_other_at_once(susan_and_john, second_gateway):
+    susan, john = susan_and_john
+    _warm(second_gateway)
+    john_b = _on(second_gateway, john)
+    assert 'href="/user/john"' in text(john_b.get("/index"))  # B keeps john's profile now
+    held = HeldEvents(second_gateway)  # B hears of the rename late ...
+    assert post_form(john, "/edit_profile", {"username": "johnny", "about_me": ""}).status_code == 302
+    threading.Timer(0.3, held.release).start()
+    john_b = _on(second_gateway, john)  # ... after john, with the cookie as the rename left it, is back on B
+    assert 'href="/user/johnny"' in text(john_b.get("/index"))
+    assert john_b.get("/user/johnny").status_code == 200
+    susan_b = _on(second_gateway, susan)
+    wait_until(lambda: susan_b.get("/user/johnny").status_code == 200, timeout=2, interval=0.01,
+               message="the other gateway did not hear of the rename")
+
+
+def test_with_two_gateways_the_badge_is_zero_on_the_other_after_opening_messages(susan_and_john, second_gateway):
+    susan, john = susan_and_john
+    _warm(second_gateway)
+    for body in ("one", "two"):
+        post_form(susan, "/send_message/john", {"message": body})
+    john_b = _on(second_gateway, john)
+    wait_until(lambda: _badge(john_b) == ("visible", 2), interval=0.02, message="B's badge did not show 2")
+    held = HeldEvents(second_gateway)  # B hears of the read late
+    assert john.get("/messages").status_code == 200  # read through A
+    threading.Timer(0.3, held.release).start()
+    assert _badge(_on(second_gateway, john)) == ("hidden", 0)  # and B shows it at once
+    post_form(susan, "/send_message/john", {"message": "three"})  # a send through A ...
+    wait_until(lambda: _badge(john_b) == ("visible", 1), timeout=2, interval=0.01,
+               message="the send did not reach the badge on B")  # ... reaches B's badge
+
+
+def test_with_two_gateways_a_sign_out_on_one_ends_the_session_on_the_other(client, second_gateway):
+    signed_in(client, "susan")
+    _warm(second_gateway)
+    on_b = _on(second_gateway, client)
+    assert on_b.get("/index").status_code == 200  # B trusts the session from memory now
+    client.get("/auth/logout")  # through A
+    wait_until(lambda: on_b.get("/index").status_code == 302, timeout=2, interval=0.01,
+               message="the other gateway still trusts a signed-out session")
+    assert on_b.get("/notifications").status_code == 401
