@@ -299,8 +299,12 @@ class Known:
     def await_event(self, memory: Memory, user_id: int, mark, timeout: float) -> bool:
         """Wait for the event of a write at ``mark`` (a position, a timestamp) about the
         user; if it is not heard in time, forget what is kept of them, so the next read
-        asks the service (which has the write: it answered it)."""
+        asks the service (which has the write: it answered it). Either way the mark counts
+        as heard from then on, so later requests do not wait for it again. Disconnected,
+        nothing is answered from memory: no wait."""
+        if not memory.connected:
+            return False
         if memory.wait_for(user_id, mark, timeout):
             return True
-        memory.forget(user_id)
+        memory.heard(user_id, mark=mark)  # drops the entry: the next read asks the service
         return False

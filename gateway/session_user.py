@@ -90,9 +90,12 @@ def honour_own_writes(user_id: int) -> None:
         memory = getattr(known(), "profiles" if kind == "profile" else "notifications")
         try:
             mark, made_at = carried
-            heard = memory.mark(user_id)
-            if (heard is None or heard < mark) and time.time() - made_at < OWN_WRITE_MARK_AGE:
-                known().await_event(memory, user_id, mark, OWN_WRITE_WAIT)
+            if time.time() - made_at < OWN_WRITE_MARK_AGE:
+                # Kept until it is old, not dropped once heard here: the browser's next
+                # request may go to another process.
+                heard = memory.mark(user_id)
+                if heard is None or heard < mark:
+                    known().await_event(memory, user_id, mark, OWN_WRITE_WAIT)
                 continue
         except (TypeError, ValueError):
             pass  # a mark this code did not write: dropped
