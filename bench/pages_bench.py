@@ -87,6 +87,7 @@ class Stack:
     pids: dict[str, list[int]]
     database_names: list[str]
     cookie: str = ""
+    page_bytes: dict[str, int] = field(default_factory=dict)
     browsers: list[requests.Session] = field(default_factory=list)
 
     def process_groups(self) -> dict[str, list[int]]:
@@ -231,6 +232,7 @@ def set_up(site: Stack, senders: int) -> None:
             answer = requests.get(site.base + path, headers={"Cookie": site.cookie}, allow_redirects=False, timeout=30)
             if answer.status_code != 200:
                 raise RuntimeError(f"{site.label} {path}: {answer.status_code} {answer.text[:300]!r}")
+            site.page_bytes[key] = len(answer.content)
     inbox = requests.get(f"{site.base}/messages", headers={"Cookie": site.cookie}, timeout=30).text
     if inbox.count("message ") < 25 or f"of {INBOX}" not in inbox:
         raise RuntimeError(f"{site.label}: /messages does not show susan's inbox")
@@ -315,11 +317,15 @@ def measure(site: Stack, other: Stack, key: str, args) -> dict:
     client_before = cpu_children() if url else cpu_self()
     busy_before = machine_busy()
     meter.start()
+    began = time.monotonic()
     result = run_wrk(url, site.cookie, args.seconds, args.connections) if url else run_sends(site, args.seconds)
     cpu = meter.stop()
+    elapsed = time.monotonic() - began
     cpu["client"] = (cpu_children() if url else cpu_self()) - client_before
     cpu["rest of machine"] = max(0.0, machine_busy() - busy_before - sum(cpu.values()))
     result["cpu_seconds"] = {name: cpu[name] for name in GROUPS}
+    # The share of the machine's cores that went to other work meanwhile: noise.
+    result["other_work_share"] = cpu["rest of machine"] / (elapsed * (os.cpu_count() or 1))
     return result
 
 
@@ -337,7 +343,7 @@ def print_report(args, stacks, results, pages) -> None:
     print(f"{args.workers} gateway workers each; wrk -t2 -c{args.connections}; form sends from {args.senders} threads; "
           f"{args.warmup:g} s warm-up + {args.seconds:g} s per measurement, {args.rounds} round(s), sides alternated")
     print()
-    print(f"{'page':26s} {'A req/s':>9s} {'B req/s':>9s} {'B/A':>6s}   rounds A | rounds B")
+    print(f"{'page':26s} {'A req/s':>9s} {'B req/s':>9s} {'B/A':>6s}   {'bytes A | B':>15s}   rounds A | rounds B")
     for key in pages:
         label, _ = PAGES[key]
         ra = [r["rate"] for r in results[key]["A"]]
@@ -345,7 +351,8 @@ def print_report(args, stacks, results, pages) -> None:
         ratio = mean(rb) / mean(ra) if mean(ra) else float("nan")
         errors = sum(r["errors"] for side in "AB" for r in results[key][side])
         note = f"   ERRORS: {errors}" if errors else ""
-        print(f"{label:26s} {mean(ra):9.1f} {mean(rb):9.1f} {ratio:6.2f}   "
+        size = f"{a.page_bytes.get(key, 0)} | {b.page_bytes.get(key, 0)}" if PAGES[key][1] else "-"
+        print(f"{label:26s} {mean(ra):9.1f} {mean(rb):9.1f} {ratio:6.2f}   {size:>15s}   "
               f"{' '.join(f'{v:.0f}' for v in ra)} | {' '.join(f'{v:.0f}' for v in rb)}{note}")
     print()
     print("Latency p50/p99 (wrk, ms):")
@@ -374,6 +381,10 @@ def print_report(args, stacks, results, pages) -> None:
             label = PAGES[key][0] if side == "A" else ""
             print(f"{label:26s} {side:2s}" + "".join(f"{per[g]:9.2f}" for g in GROUPS) + f"{own:9.2f}")
     print("(total: the page's own stack + RabbitMQ + PostgreSQL + client, without idle/rest)")
+    shares = [r["other_work_share"] for key in pages for side in "AB" for r in results[key][side]]
+    print(f"Other work on the machine during the measurements: {mean(shares):.0%} of the cores on average "
+          f"(max {max(shares):.0%})" + ("; the figures are noisy, run again on a quieter machine"
+                                         if mean(shares) > 0.10 else ""))
 
 
 def git_head(checkout: Path) -> str:
@@ -424,6 +435,7 @@ def main():
                         result = measure(site, other, key, args)
                         results[key][site.label].append(result)
                         print(f"  {PAGES[key][0]:26s} round {round_number + 1} {site.label}: {result['rate']:8.1f}/s"
+                              f"   other work on the machine: {result['other_work_share']:4.0%} of the cores"
                               + (f"  ({result['errors']} errors)" if result["errors"] else ""), flush=True)
             print_report(args, (a, b), results, pages)
             if args.json:
@@ -431,7 +443,9 @@ def main():
                     "a": {"checkout": str(a.checkout), "commit": git_head(a.checkout)},
                     "b": {"checkout": str(b.checkout), "commit": git_head(b.checkout)},
                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                    "pages": {key: {"label": PAGES[key][0], "path": PAGES[key][1], **results[key]} for key in pages},
+                    "pages": {key: {"label": PAGES[key][0], "path": PAGES[key][1],
+                                    "bytes": {"A": a.page_bytes.get(key), "B": b.page_bytes.get(key)},
+                                    **results[key]} for key in pages},
                 }, indent=2))
                 print(f"figures written to {args.json}")
     finally:
