@@ -54,23 +54,26 @@ def databases(*services):
 
 
 @contextmanager
-def services(names, env, log_dir: Path):
-    """Start ``microblog serve <name>`` for each name (a name may repeat: more instances)."""
+def services(names, env, log_dir: Path, microblog: str = MICROBLOG, cwd: str | None = None):
+    """Start ``microblog serve <name>`` for each name (a name may repeat: more instances).
+
+    Yields ``{name: [pid, ...]}`` (also left in ``services.pids``, for the latest call).
+    ``microblog``: the command to run, e.g. another checkout's ``.venv/bin/microblog``."""
     processes = []
-    services.pids = {}
+    pids = services.pids = {}
     try:
         for number, name in enumerate(names):
             log_path = log_dir / f"{name}-{number}.log"
-            process = subprocess.Popen([MICROBLOG, "serve", name], env={**os.environ, **env},
+            process = subprocess.Popen([microblog, "serve", name], env={**os.environ, **env}, cwd=cwd,
                                        stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
             processes.append((name, process))
-            services.pids.setdefault(name, []).append(process.pid)
+            pids.setdefault(name, []).append(process.pid)
             deadline = time.monotonic() + 60
             while f"{name} service is running" not in log_path.read_text():
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not start:\n{log_path.read_text()}")
                 time.sleep(0.1)
-        yield
+        yield pids
     finally:
         for _, process in processes:
             process.terminate()
