@@ -183,6 +183,7 @@ def replay(args):
     from kernel.db import create_db_engine, dispose
     from kernel.migrations import upgrade
     from kernel.projector import json_feed
+    from kernel.rpc import ClusterRpcProxy
     from services.notifications.replay import rebuild
     from services.notifications.storage import STORAGE
 
@@ -199,15 +200,39 @@ def replay(args):
         print(f"seeded {args.events} events for {args.users} users in {time.perf_counter() - seeded:.1f} s "
               "(written straight into the log: this measures the replay, not the sends)")
         with services(["messages"], _env(amqp_uri, urls), Path(logs)):
-            pool = RpcPool({"AMQP_URI": amqp_uri}, size=2, timeout=60)
+            # A proxy as `microblog replay notifications` makes one (deploy/cli.py)
+            proxy = ClusterRpcProxy({"AMQP_URI": amqp_uri}, timeout=60)
+            rpc = proxy.start()
             engine = create_db_engine(urls["notifications"], pool_size=2)
+            messages_pid = services.pids["messages"][0]
+            cpu_before, service_before, machine_before = os.times(), _cpu_seconds(messages_pid), _machine()
             began = time.perf_counter()
-            position = rebuild(lambda: STORAGE.open(engine), json_feed(pool.messages.events_after_json))
+            position = rebuild(lambda: STORAGE.open(engine), json_feed(rpc.messages.events_after_json))
             elapsed = time.perf_counter() - began
+            cpu = os.times()
+            replayer_cpu = cpu.user + cpu.system - cpu_before.user - cpu_before.system
+            service_cpu = _cpu_seconds(messages_pid) - service_before
+            machine = [after - before for after, before in zip(_machine(), machine_before)]
             dispose(engine)
-            pool.stop()
+            proxy.stop()
     print(f"replayed:            {position} events in {elapsed:.1f} s")
     print(f"replay rate:         {position / elapsed:.0f} events/s")
+    print(f"CPU per event:       replaying process {replayer_cpu / position * 1e6:.2f} us "
+          f"(busy {replayer_cpu / elapsed:.0%} of the time), messages service {service_cpu / position * 1e6:.2f} us")
+    # /proc/stat: user nice system idle iowait irq softirq steal
+    print(f"machine:             busy {1 - (machine[3] + machine[4]) / sum(machine[:8]):.0%} of its {os.cpu_count()} cores "
+          f"(every process, other work included), steal {machine[7] / sum(machine[:8]):.0%}")
+
+
+def _machine():
+    """The machine's CPU time so far, by kind (the first line of /proc/stat)."""
+    return [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def _cpu_seconds(pid):
+    """User + system CPU seconds of process ``pid`` so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _free_port():

@@ -29,12 +29,11 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from kernel.db import Outage, is_database_unavailable
 from kernel.errors import DependencyUnavailable
-from kernel.events import Event
+from kernel.events import EVENT_TYPES, Event, _parse_time, _plain_fields
 
 logger = logging.getLogger(__name__)
 
@@ -342,24 +341,32 @@ class Backoff:
 def json_feed(read: Callable[[int, int], str]) -> Feed:
     """The feed of a replay, from ``read(after, limit)`` that answers with the batch as one
     JSON text (``events_after_json``): decoded in one C call, where nameko's decoder of a
-    list of payloads calls a Python hook per dict."""
-    return lambda after, limit: json.loads(read(after, limit))
+    list of payloads calls a Python hook per dict.
+
+    If ``read`` has ``call_async`` (a nameko proxy's method), a full batch also asks for the
+    next two (where they start if the log has no hole), which the service makes while the
+    replay folds; the call that asks for one takes its reply. With one call at a time the
+    replay waited for the service's whole chain (database, service, broker) on every batch,
+    and was as fast as that chain, not as its own fold."""
+    ahead: dict = {}  # (after, limit) -> its reply, on its way
+    ask = getattr(read, "call_async", None)
+
+    def feed(after: int, limit: int) -> list[dict]:
+        nonlocal ahead
+        reply = ahead.pop((after, limit), None)
+        payloads = json.loads(reply.result() if reply else read(after, limit))
+        guesses = [(payloads[-1]["position"] + n * limit, limit) for n in (0, 1)] if ask and len(payloads) == limit else []
+        # A guess nobody asked for is dropped, its reply unread.
+        ahead = {guess: ahead.get(guess) or ask(*guess) for guess in guesses}
+        return payloads
+    return feed
 
 
 def batches(feed: Feed, after: int = 0, size: int = FEED_BATCH) -> Iterator[list[dict]]:
-    """The feed's payloads after ``after``, batch by batch until an empty one; the next
-    batch is asked for (on a thread: ``feed`` must be thread-safe) while the caller works
-    on the current one, which it is given in parts of at most ``FEED_BATCH``: under
-    eventlet (green threads) the next batch's call runs only when the caller yields, which
-    this does between parts (the call may need several turns before its request is sent)."""
-    with ThreadPoolExecutor(1) as ahead:
-        batch = feed(after, size)
-        while batch:
-            following = ahead.submit(feed, batch[-1]["position"], size)
-            for start in range(0, len(batch), FEED_BATCH):
-                time.sleep(0)
-                yield batch[start:start + FEED_BATCH]
-            batch = following.result()
+    """The feed's payloads after ``after``, batch by batch until an empty one."""
+    while batch := feed(after, size):
+        yield batch
+        after = batch[-1]["position"]
 
 
 def replay(feed: Feed, apply: Callable, progress: Callable[[int], None] | None = None, after: int = 0,
@@ -370,7 +377,7 @@ def replay(feed: Feed, apply: Callable, progress: Callable[[int], None] | None =
     with _without_cycle_collection():
         for payloads in batches(feed, after, REPLAY_BATCH):
             for payload in payloads:
-                event = Event.from_dict(payload)
+                event = _replayed(payload)
                 if event.position != position + 1:
                     raise Gap(position, event.position)
                 rows.update(apply(rows, event))
@@ -378,6 +385,24 @@ def replay(feed: Feed, apply: Callable, progress: Callable[[int], None] | None =
             if progress:
                 progress(position)
     return rows, position
+
+
+def _replayed(payload: dict) -> Event:
+    """``Event.from_dict(payload)`` for a replay's fold, but ``event_id`` stays its text:
+    the fold never reads it, and parsing it into a ``UUID`` was a sixth of the replaying
+    process. A payload that is not plain (as ``append`` writes them) goes through
+    ``from_dict``: its checks, its errors."""
+    try:
+        cls, data, key = EVENT_TYPES[payload["event_type"]], payload["data"], payload.get("idempotency_key")
+        if (payload["version"] == cls.version and type(data) is dict and data.keys() == _plain_fields(cls)
+                and type(payload["position"]) is int and (key is None or type(key) is str)):
+            event = object.__new__(cls)
+            event.__dict__.update(data, event_id=payload["event_id"], position=payload["position"],
+                                  occurred_at=_parse_time(payload["occurred_at"]), idempotency_key=key)
+            return event
+    except (KeyError, TypeError, ValueError):
+        pass
+    return Event.from_dict(payload)
 
 
 @contextlib.contextmanager

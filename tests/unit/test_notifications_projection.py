@@ -641,9 +641,31 @@ def test_a_change_that_could_not_be_announced_is_announced_by_the_next_attempt()
     assert [(e.user_id, e.value) for e in published[1:]] == [(2, 2)]
 
 
-def test_the_replay_is_handed_each_batch_in_parts_while_the_next_one_is_read():
-    # Batches of 2,500 (a JSON feed's text), handed over in parts of at most 1000; the next
-    # batch is asked for as soon as one arrives, before the caller has folded it.
+def test_a_replay_reads_each_event_as_from_dict_does_but_for_its_event_id():
+    import re
+
+    from kernel.events import Event, EventContractError
+
+    keyed = MessageSent(sender_id=1, recipient_id=2, body="hi", position=7, idempotency_key="1:abcdefgh")
+    for payload in [e.to_dict() for e in make_log(SPEC)] + [keyed.to_dict()]:
+        event = projector._replayed(payload)
+        assert event.event_id == payload["event_id"]  # its text: the fold never reads it
+        assert dataclasses.replace(event, event_id=uuid.UUID(event.event_id)) == Event.from_dict(payload)
+    good = keyed.to_dict()
+    for bad in [{**good, "event_type": "Nope"}, {**good, "event_type": ["x"]}, {**good, "version": 2},
+                {**good, "data": {"sender_id": 1}}, {**good, "data": {**good["data"], "extra": 1}},
+                {**good, "occurred_at": "yesterday"}, {**good, "position": "x"}, {**good, "idempotency_key": 5},
+                {k: v for k, v in good.items() if k != "event_id"}, [good]]:
+        with pytest.raises(EventContractError) as expected:
+            Event.from_dict(bad)
+        with pytest.raises(EventContractError, match=f"^{re.escape(str(expected.value))}$"):
+            projector._replayed(bad)
+
+
+def test_a_replay_asks_for_the_next_two_batches_while_it_folds_one():
+    # A JSON feed from a read with ``call_async`` (a nameko proxy's method): each full batch
+    # asks for the next two, where they start if the log has no hole; a call takes the
+    # reply asked for it, and a guess that turns out wrong is not used.
     import gc
     import json
 
@@ -653,17 +675,43 @@ def test_the_replay_is_handed_each_batch_in_parts_while_the_next_one_is_read():
     asked = []
 
     def feed(after, limit):
-        asked.append(after)
-        return json.loads(json.dumps([p for p in payloads if p["position"] > after][:2500]))
+        return json.loads(json.dumps([p for p in payloads if p["position"] > after][:limit]))
 
-    parts = []
-    for part in projector.batches(feed, 0, 2500):
-        parts.append([p["position"] for p in part])
-        if len(parts) == 1:
-            eventlet.sleep(0.05)  # the prefetch (a green thread here) runs meanwhile
-            assert asked == [0, 2500]
-    assert [len(p) for p in parts] == [1000, 1000, 500, 1000, 1000, 500, 1000]
-    assert [position for part in parts for position in part] == list(range(1, 6001))
+    class Reply:
+        def __init__(self, after, limit):
+            asked.append(after)
+            self.text = json.dumps(feed(after, limit))  # made by the service while the replay folds
+
+        def result(self):
+            return self.text
+
+    def read(after, limit):
+        asked.append(after)
+        return json.dumps(feed(after, limit))
+
+    read.call_async = Reply
+    folded = []
+
+    def progress(position):
+        folded.append((position, list(asked)))
+
+    rows, position = projector.replay(projector.json_feed(read), apply, progress)
+    assert (rows, position) == (fold(Event.from_dict(p) for p in payloads), 6000)
+    # REPLAY_BATCH is 10,000: one short batch, no guess made; batches of 2500 next
+    assert folded == [(6000, [0])]
+    asked.clear()
+    batches = projector.json_feed(read)
+    assert [len(batches(after, 2500)) for after in (0, 2500, 5000)] == [2500, 2500, 1000]
+    assert asked == [0, 2500, 5000, 7500]  # each ahead of its call, none asked twice
+    asked.clear()
+    assert batches(7500, 2500) == [] and asked == [7500]  # the guess at 7500 was dropped with the short batch
+    asked.clear()
+    assert [p["position"] for p in batches(1000, 2500)][::2499] == [1001, 3500] and asked == [1000, 3500, 6000]
+    asked.clear()
+    assert [p["position"] for p in batches(3499, 2500)][::2499] == [3500, 5999]  # not the reply asked at 3500
+    assert asked == [3499, 5999, 8499]
+    # Without ``call_async``, one call at a time.
+    assert projector.replay(projector.json_feed(lambda after, limit: json.dumps(feed(after, limit))), apply) == (rows, 6000)
     collecting = []
 
     def json_text(after, limit):
