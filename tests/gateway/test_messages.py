@@ -63,7 +63,7 @@ def test_a_user_never_sees_messages_sent_to_someone_else(client, other_client, s
 @pytest.mark.parametrize("body, error", [
     ("", "This field is required."),
     ("   ", "This field is required."),
-    ("x" * 141, "Field cannot be longer than 140 characters."),
+    ("x" * 141, "Messages are at most 140 characters; this one has 141."),
 ])
 def test_bad_messages_are_refused_and_nothing_is_stored(susan_and_john, body, error):
     susan, john = susan_and_john
