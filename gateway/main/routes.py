@@ -244,3 +244,35 @@ def _session_user_id() -> int | None:
             return None
         return parsed[0]
     return current_user.id if current_user.is_authenticated else None
+
+
+# A search is at most as long as a username (services/users/models.py, USERNAME_MAX).
+SEARCH_MAX = 64
+
+
+@bp.route("/explore")
+@login_required
+def explore():
+    """Finding people: everyone, newest first, a page at a time, or those whose username
+    starts with ``?q=`` (ignoring case; any text, matched literally). One RPC
+    (``list_users``), whose profiles this process then keeps. ``?page=`` as on Messages
+    (400 for what is not a page number); a page past the end is a 404, the first page
+    never is (it says nobody was found)."""
+    page = _page_argument()
+    q = request.args.get("q", "").strip()
+    if len(q) > SEARCH_MAX:
+        abort(400, description=_("A search is at most %(n)d characters long.", n=SEARCH_MAX))
+    token = known().profiles.reading()
+    try:
+        found = services().users.list_users(page, q)
+    except ValidationFailed as error:
+        abort(400, description=error.message)
+    if page > 1 and not found["users"]:
+        abort(404)
+    for profile in found["users"]:
+        known().seen(profile, token)
+    query = {"q": q} if q else {}
+    next_url = url_for("main.explore", page=page + 1, **query) if found["has_next"] else None
+    prev_url = url_for("main.explore", page=page - 1, **query) if found["has_prev"] else None
+    return render_template("explore.html", title=_("Explore"), users=found["users"], q=q, search_max=SEARCH_MAX,
+                           next_url=next_url, prev_url=prev_url)

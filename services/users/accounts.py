@@ -194,6 +194,49 @@ def get_users(storage, user_ids) -> dict[str, dict]:
     return {str(user.id): public_profile(user) for user in users}
 
 
+# Finding people (``/explore``): 25 a page, like the inbox. A page is found by OFFSET and one
+# row more than it shows, which says whether a next page exists: no COUNT(*) of the table
+# per page. Pages end at 2**31 - 1 (the gateway's PAGE_MAX), so an offset stays far inside
+# 64 bits.
+USERS_PER_PAGE = 25
+PAGE_MAX = 2**31 - 1
+
+
+def clean_name_prefix(q) -> str:
+    """The ``q`` of a search: text of at most USERNAME_MAX characters, spaces around it
+    ignored; "" (or None) searches nothing out."""
+    if q is None:
+        return ""
+    if not isinstance(q, str):
+        raise ValidationFailed("The search must be text.", "q")
+    q = q.strip()
+    if len(q) > USERNAME_MAX:
+        raise ValidationFailed(f"Searches are at most {USERNAME_MAX} characters, as usernames are.", "q")
+    return q
+
+
+def list_users(storage, page=1, q="", per_page: int = USERS_PER_PAGE) -> dict:
+    """One page of public profiles, newest account first, whose username starts with ``q``
+    ignoring case. ``has_next`` says whether a later page has anyone; a page past the end
+    has no users (the caller decides whether that is an error)."""
+    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= PAGE_MAX:
+        raise ValidationFailed(f"page must be a whole number from 1 to {PAGE_MAX}.", "page")
+    q = clean_name_prefix(q)
+    # A prefix with a character no username has (``%``, a space, NUL ...) names nobody:
+    # answered without a query, which also keeps such text away from the database driver.
+    if q and not USERNAME_PATTERN.match(q):
+        users = []
+    else:
+        users = storage.newest_users(q, (page - 1) * per_page, per_page + 1)
+    return {
+        "users": [public_profile(user) for user in users[:per_page]],
+        "page": page,
+        "per_page": per_page,
+        "has_prev": page > 1,
+        "has_next": len(users) > per_page,
+    }
+
+
 def update_profile(storage, user_id, username, about_me) -> dict:
     session = storage.session
     # Locked (PostgreSQL) until commit: the event carries the whole profile, so two edits

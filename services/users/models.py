@@ -28,6 +28,8 @@ class User(Base):
     __table_args__ = (
         # "Susan" and "susan" are the same person to a reader: one account only.
         Index("ix_users_username_lower", func.lower(username), unique=True),
+        # PostgreSQL also has ix_users_username_prefix, lower(username) text_pattern_ops,
+        # for prefix searches (migration 0004).
         Index("ix_users_email", email, unique=True),
     )
 

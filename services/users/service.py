@@ -52,6 +52,11 @@ class UsersService(HealthCheck, EventSource):
         return accounts.get_users(self.db, user_ids)
 
     @rpc
+    def list_users(self, page=1, q=""):
+        """``/explore``: one page of public profiles, newest first, names starting with ``q``."""
+        return accounts.list_users(self.db, page, q)
+
+    @rpc
     def update_profile(self, user_id, username, about_me):
         profile = accounts.update_profile(self.db, user_id, username, about_me)
         self.outbox.wake()  # woken after every edit: one that changed nothing costs an empty relay round
