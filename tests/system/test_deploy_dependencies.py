@@ -2,10 +2,12 @@
 and nothing for tests or browsers (those are requirements-dev.lock, on top of it), and the
 whole program imports and starts its command with the runtime set alone.
 
-The last check runs in this venv (which has the test tools too) with an import hook that
+The import check runs in this venv (which has the test tools too) with an import hook that
 refuses every module that comes from a distribution outside requirements.lock: a module
 that needs pytest, playwright or hypothesis (or anything else only the dev lock brings)
-fails to import, as it would in the image. It takes a few seconds, no network."""
+fails to import, as it would in the image. It takes a few seconds, no network. The last
+test does the same in a fresh venv installed from requirements.lock alone (under CI)."""
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,3 +123,33 @@ def test_every_module_imports_and_the_command_starts_with_runtime_dependencies_o
                                                                          "sys.meta_path.insert(0, RuntimeOnly())\nimport pytest"),
                               ",".join(pins(RUNTIME_LOCK))], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "pytest is not in requirements.lock" in refused.stderr
+
+
+@pytest.mark.skipif(not (os.environ.get("MICROBLOG_REQUIRE_REAL") == "1" or os.environ.get("MICROBLOG_RUNTIME_VENV")),
+                    reason="installs a venv (~25 s with the pip cache): under CI (.ci/run) or MICROBLOG_RUNTIME_VENV=1")
+def test_a_venv_from_the_runtime_lock_alone_installs_and_runs_the_command(tmp_path):
+    """What the image does, outside Docker: a fresh venv, `pip install -r requirements.lock`,
+    the project without dependencies; then the command and every module, from another folder."""
+    venv = tmp_path / "runtime"
+    python = venv / "bin" / "python"
+
+    def run(*args, **kwargs):
+        result = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run(sys.executable, "-m", "venv", venv, timeout=120)
+    run(python, "-m", "pip", "install", "--quiet", "-r", RUNTIME_LOCK, timeout=600)
+    run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", REPO, timeout=300)
+    installed = {norm(line.split("==")[0]) for line in run(python, "-m", "pip", "freeze", timeout=60).split()}
+    assert not TEST_TOOLS & installed
+    run(python, "-m", "pip", "check", timeout=60)
+    check = ("import importlib, pkgutil\n"
+             "for package in ('kernel', 'services', 'gateway', 'deploy'):\n"
+             "    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + '.'):\n"
+             "        if '.migrations.versions.' not in info.name and not info.name.endswith('.migrations.env'):\n"
+             "            importlib.import_module(info.name)\n")
+    run(python, "-W", "ignore", "-c", check, cwd=tmp_path, timeout=120)
+    assert run(venv / "bin" / "microblog", "--version", cwd=tmp_path, timeout=60).strip().endswith(
+        metadata.version("microblog-services"))
+    assert "serve" in run(venv / "bin" / "microblog", "serve", "--help", cwd=tmp_path, timeout=60)
