@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock requirements-dev.lock pyproject.toml | cksum | cut -d' ' -f1)
 TRANSLATIONS := gateway/translations
 
 .PHONY: run test test-embedded bench install translations babel-extract babel-update babel-compile lock clean
@@ -29,7 +29,7 @@ install: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -47,11 +47,18 @@ babel-extract: install
 babel-update: babel-extract
 	$(BIN)/pybabel update -i gateway/messages.pot -d $(TRANSLATIONS)
 
-# Re-pin every dependency after changing pyproject.toml.
+# Re-pin every dependency after changing pyproject.toml: requirements.lock is what the
+# services need to run (the image installs only it), requirements-dev.lock adds the test
+# tools on top (what `make install` puts in .venv).
+LOCK_VENV := /tmp/microblog-lock-venv
 lock:
-	rm -rf /tmp/microblog-lock-venv && $(PYTHON) -m venv /tmp/microblog-lock-venv
-	/tmp/microblog-lock-venv/bin/pip install --quiet ".[test]" "setuptools>=75" wheel
-	/tmp/microblog-lock-venv/bin/pip freeze --all --exclude pip --exclude microblog-services > requirements.lock
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet . "setuptools>=75" wheel
+	$(LOCK_VENV)/bin/pip freeze --all --exclude pip --exclude microblog-services > requirements.lock
+	$(LOCK_VENV)/bin/pip install --quiet -c requirements.lock ".[test]"
+	{ sed -n '1,2p' requirements-dev.lock; echo "-r requirements.lock"; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude pip --exclude microblog-services | grep -vxFf requirements.lock; \
+	} > requirements-dev.lock.new && mv requirements-dev.lock.new requirements-dev.lock
 
 clean:
 	rm -rf $(VENV) data build *.egg-info

@@ -71,22 +71,32 @@ class _reported(contextlib.ContextDecorator):
         _fail(message, 1)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="microblog-services", prog_name="microblog")
 def main():
-    """Microblog messages and notifications, as event-sourced services."""
+    """Microblog messages and notifications, as event-sourced services.
+
+    "microblog run" runs everything in one process (no servers needed); in real mode,
+    "microblog serve NAME" runs each service and the gateway against RabbitMQ and
+    PostgreSQL. "microblog COMMAND --help" says what each command needs."""
 
 
-@main.command()
-@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="127.0.0.1 ($HOST)")
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")), show_default="5000 ($PORT)")
+@main.command(short_help="Run everything in one process (embedded mode).")
+@click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"),
+              help="Address to listen on (default: $HOST, else 127.0.0.1).")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")),
+              help="Port to listen on (default: $PORT, else 5000).")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=lambda: os.environ.get("MICROBLOG_DATA_DIR", "data"),
-    show_default="data ($MICROBLOG_DATA_DIR)",
+    help="Folder for the SQLite files and the session key (default: $MICROBLOG_DATA_DIR, else ./data).",
 )
 def run(host, port, data_dir):
-    """Run everything in this process: SQLite files and an in-memory broker."""
+    """Run everything in this process: the services and the gateway, SQLite files and an
+    in-memory broker instead of PostgreSQL and RabbitMQ. Needs no server and no setting.
+
+    Optional settings: POLL_INTERVAL and the gateway's others (README, "Settings")."""
     import eventlet
 
     eventlet.monkey_patch()
@@ -127,13 +137,31 @@ def run(host, port, data_dir):
         system.stop()
 
 
-@main.command()
+SERVE_EPILOG = """\b
+What each NAME needs (the broker: AMQP_URI, or RABBITMQ_HOST, RABBITMQ_PORT,
+RABBITMQ_USER, RABBITMQ_PASSWORD, RABBITMQ_VHOST; a database: its URL, or
+POSTGRES_HOST, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD; defaults:
+the local servers):
+  users          the broker, USERS_DATABASE_URL
+  messages       the broker, MESSAGES_DATABASE_URL
+  notifications  the broker, NOTIFICATIONS_DATABASE_URL
+  gateway        the broker, SECRET_KEY (no database)
+
+Optional: PORT, GATEWAY_WORKERS, GATEWAY_CONNECTIONS (gateway), METRICS_PORT
+(services), STARTUP_TIMEOUT; the rest in the README, "Settings"."""
+
+
+@main.command(short_help="Serve one service or the gateway (real mode).", epilog=SERVE_EPILOG)
 @click.argument("name", type=click.Choice(DEPLOYABLES))
-@click.option("--migrate/--no-migrate", default=True, help="Apply database migrations first (default: yes).")
-@click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"), help="gateway only")
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")), help="gateway only")
+@click.option("--migrate/--no-migrate", default=True,
+              help="Apply the service's database migrations first (default: yes).")
+@click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"),
+              help="Gateway only: address to listen on (default: $HOST, else 0.0.0.0).")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "5000")),
+              help="Gateway only: port to listen on (default: $PORT, else 5000).")
 def serve(name, migrate, host, port):
-    """Serve one service (or the gateway) against RabbitMQ and PostgreSQL."""
+    """Serve one service (users, messages, notifications) or the gateway against
+    RabbitMQ and PostgreSQL, until stopped (SIGTERM, Ctrl-C)."""
     if name == "gateway":
         _serve_gateway(host, port)
     else:
@@ -264,13 +292,14 @@ def _name_from_pid1() -> str | None:
     return None
 
 
-@main.command()
+@main.command(short_help="Exit 0 if a service or the gateway answers.")
 @click.argument("name", type=click.Choice(DEPLOYABLES), required=False)
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait for the answer")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the answer.")
 def health(name, timeout):
-    """Exit 0 if a deployable answers: a service's ``health`` RPC through the broker (it
-    checks its database), or the gateway's /healthz. Without NAME, the one this
-    container's main process serves (the image's HEALTHCHECK)."""
+    """Exit 0 if a deployable answers: a service's health RPC through the broker (it
+    checks its database; needs AMQP_URI or the RABBITMQ_* parts), or the gateway's
+    /healthz on $PORT. Without NAME, the one this container's main process serves (the
+    image's HEALTHCHECK)."""
     name = name or _name_from_pid1()
     if name is None:
         _fail("which one? give a name: " + ", ".join(DEPLOYABLES))
@@ -310,10 +339,11 @@ def health(name, timeout):
     sys.exit(0 if ok else 1)
 
 
-@main.command()
+@main.command(short_help="Apply a service's database migrations.")
 @click.argument("name", type=click.Choice(SERVICE_NAMES + ("all",)))
 def migrate(name):
-    """Apply a service's database migrations (its *_DATABASE_URL)."""
+    """Apply a service's database migrations, or every service's (all), without serving.
+    Needs its <SERVICE>_DATABASE_URL (or the POSTGRES_* parts)."""
     from deploy.registry import SERVICES
     from deploy.registry import migrate as apply_migrations
     from deploy.startup import check_database
@@ -328,7 +358,7 @@ def migrate(name):
         click.echo(f"{spec.name}: database is up to date")
 
 
-@main.command()
+@main.command(short_help="Rebuild a read model from its events.")
 @click.argument("name", type=click.Choice(["messages", "notifications"]))
 def replay(name):
     """Rebuild a read model: messages' inbox from its log (MESSAGES_DATABASE_URL), or the
@@ -437,13 +467,15 @@ def _replay_notifications():
         close()
 
 
-@main.command()
+@main.command(short_help="Check the read models against a fresh replay.")
 @click.option("--wait", default=10.0, show_default=True, help="Seconds to let the projection catch up with the log first.")
 @_reported(database=_notifications_url, broker=_amqp_uri)
 def verify(wait):
     """Compare the live notifications projection with a fresh replay of the messages feed
     and with the messages service's own unread counts, and the users table with the fold
-    of the users feed (USERS_DATABASE_URL); exit 1 on any difference."""
+    of the users feed; exit 1 on any difference. Needs the running services' broker
+    (AMQP_URI), NOTIFICATIONS_DATABASE_URL and USERS_DATABASE_URL (or their RABBITMQ_* and
+    POSTGRES_* parts)."""
     import time
 
     from kernel.projector import json_feed
@@ -490,12 +522,12 @@ def _users_differences() -> list[str]:
             dispose(engine)
 
 
-@main.command()
+@main.command(short_help="Print projection lag and outbox backlog.")
 @click.option("--max-lag", type=click.IntRange(min=0), default=100, show_default=True,
               help="Exit 1 if a projection is more than this many events behind the log.")
 @click.option("--max-backlog", type=click.IntRange(min=0), default=100, show_default=True,
               help="Exit 1 if more than this many events wait to be published.")
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="seconds to wait for each answer")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for each answer.")
 def status(max_lag, max_backlog, timeout):
     """Print each projection's position, the log's head and the lag, and the outbox
     backlog (AMQP_URI); exit 1 if a bound is crossed or a service does not answer."""

@@ -58,13 +58,40 @@ def data_dir() -> Path:
 
 
 def amqp_uri() -> str:
-    """The broker every deployable talks to. Embedded mode overrides it in-process."""
-    return env_str("AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/")
+    """The broker every deployable talks to: ``AMQP_URI`` if set, else built from
+    ``RABBITMQ_USER``, ``RABBITMQ_PASSWORD``, ``RABBITMQ_HOST``, ``RABBITMQ_PORT`` and
+    ``RABBITMQ_VHOST`` (each escaped, so a password may hold ``@``, ``/``, ``#`` or ``:``).
+    Embedded mode overrides it in-process."""
+    if os.environ.get("AMQP_URI", "").strip():
+        return env_str("AMQP_URI", "")
+    from urllib.parse import quote
+
+    user = quote(env_str("RABBITMQ_USER", "guest"), safe="")
+    password = quote(os.environ.get("RABBITMQ_PASSWORD") or "guest", safe="")
+    host = env_str("RABBITMQ_HOST", "127.0.0.1")
+    port = env_int("RABBITMQ_PORT", 5672, minimum=1)
+    vhost = quote(os.environ.get("RABBITMQ_VHOST", "").strip(), safe="")  # empty: the default, /
+    return f"amqp://{user}:{password}@{host}:{port}/{vhost}"
 
 
 def database_url(service: str) -> str:
-    """``<SERVICE>_DATABASE_URL``; each service owns its own database."""
-    return env_str(f"{service.upper()}_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/microblog_{service}")
+    """``<SERVICE>_DATABASE_URL`` if set (each service owns its own database), else built
+    from ``POSTGRES_USER``, ``POSTGRES_PASSWORD``, ``POSTGRES_HOST``, ``POSTGRES_PORT`` and
+    the database ``microblog_<service>`` (each escaped, so a password may hold ``@``, ``/``,
+    ``#`` or ``:``)."""
+    name = f"{service.upper()}_DATABASE_URL"
+    if os.environ.get(name, "").strip():
+        return env_str(name, "")
+    from sqlalchemy.engine import URL
+
+    return URL.create(
+        "postgresql",
+        username=env_str("POSTGRES_USER", "postgres"),
+        password=os.environ.get("POSTGRES_PASSWORD") or None,
+        host=env_str("POSTGRES_HOST", "127.0.0.1"),
+        port=env_int("POSTGRES_PORT", 5432, minimum=1),
+        database=f"microblog_{service}",
+    ).render_as_string(hide_password=False)
 
 
 def rpc_timeout() -> float:

@@ -91,6 +91,39 @@ def test_every_container_checks_its_health_and_waits_for_healthy_dependencies():
             if not v.startswith(".")} <= named
 
 
+def test_every_application_service_uses_the_image_built_here_and_never_pulls_it():
+    services = compose()["services"]
+    built = [name for name in APP_SERVICES if "build" in services[name]]
+    assert built == ["users"]  # one build, from the Dockerfile the other checks read
+    assert services["users"]["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}
+    for name in APP_SERVICES:
+        assert services[name]["image"] == "microblog:latest", name
+        assert services[name]["pull_policy"] == "never", name  # docker compose up never asks a registry
+
+
+def test_passwords_reach_the_containers_as_parts_and_the_gateway_gets_no_database_secret():
+    services = compose()["services"]
+    variables = {**example_env(), "RABBITMQ_PASSWORD": "r@b/b#it", "POSTGRES_PASSWORD": "p@g/s#ql",
+                 "SECRET_KEY": "k"}
+    for name in APP_SERVICES:
+        env = {key: interpolate(value, variables) for key, value in services[name]["environment"].items()}
+        assert not {key for key in env if key == "AMQP_URI" or key.endswith("_DATABASE_URL")}, name
+        assert (env["RABBITMQ_HOST"], env["RABBITMQ_PASSWORD"]) == ("rabbitmq", "r@b/b#it"), name
+        has_database_secret = any("p@g/s#ql" in value for value in env.values())
+        assert has_database_secret == (name != "gateway"), name
+    gateway = services["gateway"]["environment"]
+    assert not {key for key in gateway if key.startswith("POSTGRES") or "DATABASE" in key}
+    # What the service containers get builds the URLs the program would use (kernel/settings.py).
+    env = {key: interpolate(value, variables) for key, value in services["messages"]["environment"].items()}
+    result = subprocess.run([sys.executable, "-c", "from kernel.settings import amqp_uri, database_url; "
+                             "from kombu import Connection; from sqlalchemy.engine import make_url; "
+                             "c = Connection(amqp_uri()); u = make_url(database_url('messages')); "
+                             "print(c.hostname, c.userid, c.password, u.host, u.username, u.password, u.database)"],
+                            env={"PATH": os.environ["PATH"], **env}, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["rabbitmq", "microblog", "r@b/b#it", "postgres", "microblog", "p@g/s#ql",
+                                     "microblog_messages"], result.stderr
+
+
 def test_every_setting_compose_reads_is_documented_and_no_secret_is_filled_in():
     documented = example_env()
     used = set(VARIABLE.findall(COMPOSE.read_text()))
@@ -109,9 +142,14 @@ def _process_env(name: str, local: dict) -> dict:
     variables = {**example_env(), "RABBITMQ_PASSWORD": "unused", "POSTGRES_PASSWORD": "unused",
                  "SECRET_KEY": "compose-process-test"}
     env = {key: interpolate(value, variables) for key, value in compose()["services"][name]["environment"].items()}
-    assert "AMQP_URI" in env and "@rabbitmq:5672" in env["AMQP_URI"], name
-    # RPC_TIMEOUT is the test's own: calls to a stopped service give up sooner.
-    return {**env, **{key: value for key, value in local.items() if key in env or key == "RPC_TIMEOUT"}}
+    assert env["RABBITMQ_HOST"] == "rabbitmq", name
+    # AMQP_URI and *_DATABASE_URL (which win over the parts) point at the local servers; a
+    # database URL only where compose gives database settings. RPC_TIMEOUT is the test's
+    # own: calls to a stopped service give up sooner.
+    chosen = {key: value for key, value in local.items()
+              if key in env or key in ("AMQP_URI", "RPC_TIMEOUT")
+              or (key == f"{name.upper()}_DATABASE_URL" and "POSTGRES_HOST" in env)}
+    return {**env, **chosen}
 
 
 def _run(command: list, env: dict, timeout=60) -> subprocess.CompletedProcess:
