@@ -95,10 +95,8 @@ class ProjectorProvider(DependencyProvider):
 
         self.turn = Turn(Semaphore(1))
         self.feed_outage = Outage("notifications: the messages feed (messages.events_after)")
-        from eventlet.semaphore import Semaphore as Lock
-
         self.unannounced: dict = {}  # (user_id, name) -> newest row not yet broadcast
-        self._unannounced_lock = Lock(1)
+        self._unannounced_lock = Semaphore(1)
         self.backoff: Backoff | None = None
 
     def announce(self, service, rows) -> None:

@@ -19,13 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from kernel.clock import as_utc, utcnow
 from kernel.events import ProfileChanged, SessionEnded, UserRegistered
 from kernel.logs import clip
-from kernel.errors import (
-    EmailTaken,
-    InvalidCredentials,
-    UsernameTaken,
-    UserNotFound,
-    ValidationFailed,
-)
+from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed
 from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User, UserSession
 
 # Usernames appear in URLs (/user/<username>): keep them to characters that need no escaping.
