@@ -11,7 +11,7 @@ from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database, Outage
-from kernel.errors import ValidationFailed
+from kernel.errors import ValidationFailed, whole_number
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
@@ -151,18 +151,14 @@ class ProjectorProvider(DependencyProvider):
         def feed(after, limit):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
-        def announce(rows):
-            self.announce(service, rows)
-
-        projector = Projector(database.open, feed, projection, turn=self.turn, announce=announce)
+        projector = Projector(database.open, feed, projection, turn=self.turn,
+                              announce=lambda rows: self.announce(service, rows))
         projector.backoff = self.backoff
         return projector
 
 
 def _valid_user_id(user_id) -> int:
-    if isinstance(user_id, bool) or not isinstance(user_id, int):
-        raise ValidationFailed("user_id must be a whole number.")
-    return user_id
+    return whole_number(user_id, "user_id must be a whole number.")
 
 
 class NotificationsService(HealthCheck):
