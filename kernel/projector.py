@@ -245,9 +245,7 @@ class Projector:
         as a gap. If deliveries applied anything since the last look, the next one would
         reveal a gap, so this look is skipped: a lost last event is found within two
         intervals, and a busy projection is not raced by its own catch-up."""
-        if self.turn.take_activity():
-            return 0
-        return self.catch_up()
+        return 0 if self.turn.take_activity() else self.catch_up()
 
 
 def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:

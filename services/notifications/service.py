@@ -145,13 +145,12 @@ class ProjectorProvider(DependencyProvider):
             self.backoff.release()
 
     def get_dependency(self, worker_ctx):
-        database = self._database()
         service = worker_ctx.service
 
         def feed(after, limit):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
-        projector = Projector(database.open, feed, projection, turn=self.turn,
+        projector = Projector(self._database().open, feed, projection, turn=self.turn,
                               announce=lambda rows: self.announce(service, rows))
         projector.backoff = self.backoff
         return projector

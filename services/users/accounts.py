@@ -216,10 +216,8 @@ def list_users(storage, page=1, q="", per_page: int = USERS_PER_PAGE) -> dict:
     q = clean_name_prefix(q)
     # A prefix with a character no username has (``%``, a space, NUL ...) names nobody:
     # answered without a query, which also keeps such text away from the database driver.
-    if q and not USERNAME_PATTERN.match(q):
-        users = []
-    else:
-        users = storage.newest_users(q, (page - 1) * per_page, per_page + 1)
+    names_nobody = q and not USERNAME_PATTERN.match(q)
+    users = [] if names_nobody else storage.newest_users(q, (page - 1) * per_page, per_page + 1)
     return {
         "users": [public_profile(user) for user in users[:per_page]],
         "page": page,
