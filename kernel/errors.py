@@ -65,3 +65,16 @@ class DatabaseUnavailable(DependencyUnavailable):
     shortly. Raised for every entry point by ``kernel.rpc.Rpc`` (see
     ``kernel.db.is_database_unavailable``); a ``DependencyUnavailable``, so a caller that
     answers 503 for one answers 503 for both."""
+
+
+def is_whole(value) -> bool:
+    """Whether an RPC argument is an integer: JSON's true and false arrive as bools, which
+    Python counts as ints."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def whole_number(value, message: str, low: float = float("-inf"), high: float = float("inf")) -> int:
+    """``value`` if it is a whole number from ``low`` to ``high``, else ``ValidationFailed``."""
+    if not is_whole(value) or not low <= value <= high:
+        raise ValidationFailed(message)
+    return value

@@ -116,8 +116,7 @@ class Event:
                 # Each field given, and no other: set them as ``__init__`` would, without
                 # its keyword matching (a replay reads a million events).
                 event = object.__new__(event_cls)
-                event.__dict__.update(envelope)
-                event.__dict__.update(data)
+                event.__dict__.update(data, **envelope)
                 return event
             return event_cls(**envelope, **data)
         except (KeyError, TypeError, ValueError) as exc:

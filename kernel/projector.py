@@ -85,6 +85,19 @@ class Turn:
         return active
 
 
+@contextlib.contextmanager
+def _opened(open_store: Callable):
+    """``open_store()``'s recorder, rolled back if the block fails, closed after it."""
+    store = open_store()
+    try:
+        yield store
+    except BaseException:
+        store.rollback()
+        raise
+    finally:
+        store.close()
+
+
 class Projector:
     """``open_store()`` gives a recorder (closed after use); ``projection`` has ``apply``
     and ``keys_of``; ``announce(rows)`` is told of the rows each commit changed, after it."""
@@ -97,17 +110,6 @@ class Projector:
         self.turn = turn if turn is not None else Turn()
         self.announce = announce or (lambda rows: None)
         self.gap_waits = gap_waits
-
-    @contextlib.contextmanager
-    def _store(self):
-        store = self.open_store()
-        try:
-            yield store
-        except BaseException:
-            store.rollback()
-            raise
-        finally:
-            store.close()
 
     def _read_feed(self, after: int, up_to: int | None = None) -> list[Event]:
         events: list[Event] = []
@@ -207,7 +209,7 @@ class Projector:
         def step(tracked: int, rows: dict) -> tuple[int, dict]:
             return fold(_run_after(tracked, candidates), tracked, rows, self.projection.apply)
 
-        with self._store() as store:
+        with _opened(self.open_store) as store:
             tracked, rows, changed = store.record(keys, step)
         changes.extend(changed.values())
         # The current rows of events delivered again (at or below the tracked position), to
@@ -228,7 +230,7 @@ class Projector:
         while True:
             announced: list = []
             with self.turn.lock:
-                with self._store() as store:
+                with _opened(self.open_store) as store:
                     tracked = store.tracked()
                 events = self._read_feed(tracked)
                 if events:
@@ -243,9 +245,7 @@ class Projector:
         as a gap. If deliveries applied anything since the last look, the next one would
         reveal a gap, so this look is skipped: a lost last event is found within two
         intervals, and a busy projection is not raced by its own catch-up."""
-        if self.turn.take_activity():
-            return 0
-        return self.catch_up()
+        return 0 if self.turn.take_activity() else self.catch_up()
 
 
 def _run_after(tracked: int, events: dict[int, Event]) -> list[Event]:
@@ -423,8 +423,7 @@ def _without_cycle_collection():
 def rebuild(open_store: Callable, feed: Feed, apply: Callable, progress: Callable[[int], None] | None = None) -> int:
     """Replay the whole feed into a new projection and swap it in; returns its position."""
     rows, position = replay(feed, apply, progress)
-    store = open_store()
-    try:
+    with _opened(open_store) as store:
         store.build_beside(rows)
         store.tracked(lock=True)  # the swap: the live consumer waits on the tracking row while we finish
         changed: dict = {}
@@ -434,8 +433,3 @@ def rebuild(open_store: Callable, feed: Feed, apply: Callable, progress: Callabl
             changed.update(change)
         store.swap_in(changed, position)
         return position
-    except BaseException:
-        store.rollback()
-        raise
-    finally:
-        store.close()

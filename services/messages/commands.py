@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from kernel.errors import DependencyUnavailable, RecipientNotFound, ValidationFailed
+from kernel.errors import DependencyUnavailable, RecipientNotFound, ValidationFailed, whole_number
 from kernel.events import IDEMPOTENCY_KEY_PATTERN, InboxRead, MessageSent
 
 MESSAGE_MAX = 140
@@ -25,9 +25,7 @@ USER_ID_MAX = 2**31 - 1  # the users service's ids are 32-bit integers
 
 
 def _user_id(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= USER_ID_MAX:
-        raise ValidationFailed(f"{what} must be a user id.")
-    return value
+    return whole_number(value, f"{what} must be a user id.", 1, USER_ID_MAX)
 
 
 def clean_key(key) -> str:

@@ -1,14 +1,5 @@
 """The notifications service's tables: the projection's rows and its tracking row."""
-from sqlalchemy import (
-    BigInteger,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-)
+from sqlalchemy import BigInteger, Float, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PROJECTION = "notifications"

@@ -48,11 +48,10 @@ def apply(rows: Mapping[Key, Row], event: Event) -> dict[Key, Row]:
         return {}
     key = (user_id, UNREAD_MESSAGE_COUNT)
     current = rows.get(key)
-    count = change(current.data if current else 0)
-    if current is None and count == 0:
-        return {}  # nothing to tell: absent means 0
-    if current is not None and current.data == count:
-        return {}
+    before = current.data if current else 0  # absent means 0
+    count = change(before)
+    if count == before:
+        return {}  # nothing to tell
     return {key: Row(user_id, UNREAD_MESSAGE_COUNT, count, _next_timestamp(event, current))}
 
 

@@ -3,6 +3,7 @@ the live table, then swapped in), and verifying the live projection against a fr
 replay."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 from kernel import projector
@@ -18,11 +19,8 @@ def differences(open_store: Callable, feed: Callable, messages_unread: Callable[
     """What differs between the live projection, a fresh replay of the feed, and the
     messages service's own unread counts, and any idempotency key that appears twice in
     the log (a user action that became two events). Empty when all agree."""
-    store = open_store()
-    try:
+    with contextlib.closing(open_store()) as store:
         live, live_position = store.all_rows(), store.tracked()
-    finally:
-        store.close()
     first_seen: dict[str, int] = {}  # idempotency key -> position of its first event
     problems = []
 

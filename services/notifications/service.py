@@ -11,7 +11,7 @@ from nameko.timer import Timer
 
 from kernel.calls import call_with_timeout
 from kernel.db import Database, Outage
-from kernel.errors import ValidationFailed
+from kernel.errors import ValidationFailed, whole_number
 from kernel.events import Event, EventContractError, NotificationChanged
 from kernel.health import HealthCheck
 from kernel.metrics import Metrics, metrics_refresh, refresh_quietly, set_projection
@@ -95,10 +95,8 @@ class ProjectorProvider(DependencyProvider):
 
         self.turn = Turn(Semaphore(1))
         self.feed_outage = Outage("notifications: the messages feed (messages.events_after)")
-        from eventlet.semaphore import Semaphore as Lock
-
         self.unannounced: dict = {}  # (user_id, name) -> newest row not yet broadcast
-        self._unannounced_lock = Lock(1)
+        self._unannounced_lock = Semaphore(1)
         self.backoff: Backoff | None = None
 
     def announce(self, service, rows) -> None:
@@ -147,24 +145,19 @@ class ProjectorProvider(DependencyProvider):
             self.backoff.release()
 
     def get_dependency(self, worker_ctx):
-        database = self._database()
         service = worker_ctx.service
 
         def feed(after, limit):
             return call_with_timeout(getattr(service, self.messages_attr).events_after, after, limit)
 
-        def announce(rows):
-            self.announce(service, rows)
-
-        projector = Projector(database.open, feed, projection, turn=self.turn, announce=announce)
+        projector = Projector(self._database().open, feed, projection, turn=self.turn,
+                              announce=lambda rows: self.announce(service, rows))
         projector.backoff = self.backoff
         return projector
 
 
 def _valid_user_id(user_id) -> int:
-    if isinstance(user_id, bool) or not isinstance(user_id, int):
-        raise ValidationFailed("user_id must be a whole number.")
-    return user_id
+    return whole_number(user_id, "user_id must be a whole number.")
 
 
 class NotificationsService(HealthCheck):

@@ -19,13 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from kernel.clock import as_utc, utcnow
 from kernel.events import ProfileChanged, SessionEnded, UserRegistered
 from kernel.logs import clip
-from kernel.errors import (
-    EmailTaken,
-    InvalidCredentials,
-    UsernameTaken,
-    UserNotFound,
-    ValidationFailed,
-)
+from kernel.errors import EmailTaken, InvalidCredentials, UsernameTaken, UserNotFound, ValidationFailed, is_whole
 from services.users.models import ABOUT_ME_MAX, EMAIL_MAX, USERNAME_MAX, User, UserSession
 
 # Usernames appear in URLs (/user/<username>): keep them to characters that need no escaping.
@@ -152,10 +146,8 @@ def authenticate(storage, username, password, checker=check_password_hash) -> di
     if not isinstance(username, str) or not isinstance(password, str):
         raise InvalidCredentials("Invalid username or password")
     user = _find_by_username(session, username.strip()) if username.strip() else None
-    if user is None:
-        checker(_DUMMY_HASH, password)
-        raise InvalidCredentials("Invalid username or password")
-    if not checker(user.password_hash, password):
+    # The password is checked even for an unknown user (against _DUMMY_HASH): same time.
+    if not checker(user.password_hash if user else _DUMMY_HASH, password) or user is None:
         raise InvalidCredentials("Invalid username or password")
     user.last_seen = utcnow()
     session.commit()
@@ -163,7 +155,7 @@ def authenticate(storage, username, password, checker=check_password_hash) -> di
 
 
 def _get(session: Session, user_id, lock: bool = False) -> User:
-    if isinstance(user_id, bool) or not isinstance(user_id, int):
+    if not is_whole(user_id):
         raise UserNotFound(f"No user with id {clip(repr(user_id))}.")
     user = session.get(User, user_id, with_for_update=lock, populate_existing=lock)
     if user is None:
@@ -187,7 +179,7 @@ def get_users(storage, user_ids) -> dict[str, dict]:
 
     Unknown ids are left out, so a caller can tell who no longer exists.
     """
-    ids = sorted({i for i in user_ids if isinstance(i, int) and not isinstance(i, bool)})
+    ids = sorted({i for i in user_ids if is_whole(i)})
     if not ids:
         return {}
     users = storage.session.scalars(select(User).where(User.id.in_(ids)))
@@ -219,15 +211,13 @@ def list_users(storage, page=1, q="", per_page: int = USERS_PER_PAGE) -> dict:
     """One page of public profiles, newest account first, whose username starts with ``q``
     ignoring case. ``has_next`` says whether a later page has anyone; a page past the end
     has no users (the caller decides whether that is an error)."""
-    if isinstance(page, bool) or not isinstance(page, int) or not 1 <= page <= PAGE_MAX:
+    if not is_whole(page) or not 1 <= page <= PAGE_MAX:
         raise ValidationFailed(f"page must be a whole number from 1 to {PAGE_MAX}.", "page")
     q = clean_name_prefix(q)
     # A prefix with a character no username has (``%``, a space, NUL ...) names nobody:
     # answered without a query, which also keeps such text away from the database driver.
-    if q and not USERNAME_PATTERN.match(q):
-        users = []
-    else:
-        users = storage.newest_users(q, (page - 1) * per_page, per_page + 1)
+    names_nobody = q and not USERNAME_PATTERN.match(q)
+    users = [] if names_nobody else storage.newest_users(q, (page - 1) * per_page, per_page + 1)
     return {
         "users": [public_profile(user) for user in users[:per_page]],
         "page": page,
@@ -249,6 +239,7 @@ def update_profile(storage, user_id, username, about_me) -> dict:
         raise UsernameTaken("Please use a different username.")
     # Only a real change is logged (the log holds facts): an edit saved unchanged, or
     # repeated, appends nothing.
+    position = 0
     if (username, about_me) != (user.username, user.about_me):
         user.username = username
         user.about_me = about_me
@@ -258,8 +249,6 @@ def update_profile(storage, user_id, username, about_me) -> dict:
             session.rollback()
             raise UsernameTaken("Please use a different username.") from None
         position = storage.append(ProfileChanged(user_id=user.id, username=username, about_me=about_me)).position
-    else:
-        position = 0
     storage.commit()
     # ``position``: where the edit's event sits in the users log (0: nothing changed), so
     # the caller can wait until the change is heard before showing a page.
@@ -285,10 +274,6 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _valid_user_id(user_id) -> bool:
-    return isinstance(user_id, int) and not isinstance(user_id, bool)
-
-
 def open_session(storage, user_id, lifetime_seconds) -> dict:
     """Start a session for ``user_id``, valid for ``lifetime_seconds`` unless ended first.
 
@@ -310,7 +295,7 @@ def open_session(storage, user_id, lifetime_seconds) -> dict:
 
 
 def _live_session(session: Session, user_id, token) -> UserSession | None:
-    if not _valid_user_id(user_id) or not isinstance(token, str) or not 0 < len(token) <= SESSION_TOKEN_MAX:
+    if not is_whole(user_id) or not isinstance(token, str) or not 0 < len(token) <= SESSION_TOKEN_MAX:
         return None
     row = session.scalar(select(UserSession).where(UserSession.token_hash == _token_hash(token)))
     if row is None or row.user_id != user_id or as_utc(row.expires_at) <= utcnow():
