@@ -83,7 +83,8 @@ class EmbeddedSystem:
         from nameko.runners import ServiceRunner
 
         from gateway import create_app
-        from gateway.settings import GatewaySettings, persistent_secret_key
+        from gateway.settings import GatewaySettings, _avatars, persistent_secret_key
+        from kernel.settings import env_str
         from kernel.metrics import InstrumentedRpcPool
 
         memory_transport.register()
@@ -100,6 +101,8 @@ class EmbeddedSystem:
             secret_key=self.secret_key or persistent_secret_key(self.data_dir),
             amqp_uri=EMBEDDED_AMQP_URI,
             poll_interval=self.poll_interval,
+            # Avatars drawn here unless AVATARS says otherwise: nothing fetched from outside.
+            avatars=_avatars(env_str("AVATARS", "local")),
         )
         self.rpc = InstrumentedRpcPool({"AMQP_URI": EMBEDDED_AMQP_URI}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout)
         self.app = create_app(settings, rpc=self.rpc)

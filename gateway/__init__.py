@@ -57,6 +57,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         LANGUAGES=settings.languages,
         POLL_INTERVAL=settings.poll_interval,
         USE_STREAM=settings.use_stream,
+        AVATARS=settings.avatars,
         REMEMBER_COOKIE_DURATION=timedelta(days=settings.remember_days),
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
@@ -97,7 +98,12 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
 
     from flask_babel import format_datetime, get_locale
 
-    app.jinja_env.globals.update(current_locale=get_locale, format_datetime=format_datetime)
+    from flask_babel import format_timedelta
+
+    from gateway.avatars import avatar_url
+
+    app.jinja_env.globals.update(current_locale=get_locale, format_datetime=format_datetime,
+                                 format_timedelta=format_timedelta, avatar_url=avatar_url)
     errors.register(app)
     app.context_processor(navbar_context)
     app.register_blueprint(auth_bp, url_prefix="/auth")

@@ -29,6 +29,9 @@ class GatewaySettings:
     use_stream: bool = True
     stream_keepalive: float = 15.0
     stream_retry_ms: int = 3000
+    # Avatars: "gravatar" (the tutorial's Gravatar URL, d=identicon) or "local" (an
+    # identicon drawn by the gateway itself: no request leaves the site).
+    avatars: str = "gravatar"
     remember_days: int = 14
     secure_cookies: bool = False
 
@@ -47,6 +50,7 @@ class GatewaySettings:
             rpc_timeout=env.rpc_timeout(),
             poll_interval=env.env_float("POLL_INTERVAL", 10.0, minimum=0.05),
             remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
+            avatars=_avatars(env.env_str("AVATARS", "gravatar")),
             poll_cache_ttl=env.env_float("POLL_CACHE_TTL", 5.0, minimum=0.0),
             memory_users=env.env_int("MEMORY_USERS", 10_000, minimum=0),
             secure_cookies=env.env_bool("SECURE_COOKIES", False),
@@ -54,6 +58,12 @@ class GatewaySettings:
             stream_keepalive=env.env_float("STREAM_KEEPALIVE", 15.0, minimum=0.05),
             stream_retry_ms=env.env_int("STREAM_RETRY_MS", 3000, minimum=0),
         )
+
+
+def _avatars(value: str) -> str:
+    if value not in ("gravatar", "local"):
+        raise env.SettingsError(f"AVATARS must be gravatar or local, not {value!r}.")
+    return value
 
 
 def persistent_secret_key(data_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """Routes of the main blueprint."""
 import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _
@@ -154,8 +154,17 @@ def messages():
     next_url = url_for("main.messages", page=page + 1) if inbox["has_next"] else None
     prev_url = url_for("main.messages", page=page - 1) if inbox["has_prev"] else None
     return render_template(
-        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url
+        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url,
+        read_after=inbox["read_after"], now=datetime.now(timezone.utc),
     )
+
+
+@bp.route("/avatar/<digest>.svg")
+def avatar(digest):
+    """The local identicon (``AVATARS=local``): public, like Gravatar's."""
+    from gateway.avatars import identicon
+
+    return identicon(digest, request.args.get("s"))
 
 
 @bp.route("/notifications")

@@ -40,6 +40,9 @@ def public_profile(user: User) -> dict:
         "about_me": user.about_me or "",
         "last_seen": as_utc(user.last_seen).isoformat(),
         "created_at": as_utc(user.created_at).isoformat(),
+        # Gravatar's key for the address, as the tutorial's pages carry it in every avatar
+        # URL: the MD5 of the trimmed, lower-cased email (not the email itself).
+        "avatar": hashlib.md5(user.email.strip().lower().encode()).hexdigest(),
     }
 
 

@@ -1,4 +1,6 @@
 """The users service's rules, as plain functions over a session: on SQLite and PostgreSQL."""
+import hashlib
+
 import pytest
 from sqlalchemy import select
 
@@ -12,7 +14,8 @@ PASSWORD = "correct horse battery"
 def test_register_hashes_the_password_and_hides_it(users_db):
     profile = accounts.register(users_db, " susan ", "Susan@Example.com", PASSWORD)
     assert profile["username"] == "susan"
-    assert set(profile) == {"id", "username", "about_me", "last_seen", "created_at"}
+    assert set(profile) == {"id", "username", "about_me", "last_seen", "created_at", "avatar"}
+    assert profile["avatar"] == hashlib.md5(b"susan@example.com").hexdigest()  # Gravatar's key, never the email
     user = users_db.session.scalar(select(User))
     assert user.email == "susan@example.com"
     assert PASSWORD not in user.password_hash
