@@ -260,7 +260,10 @@ class Known:
                 return profile
             if not profile_too:
                 return {"id": user_id}
-        reading = self.sessions.reading()
+        # Each memory's own reading: their event sequences are separate counters, so a
+        # sessions token says nothing about the profile events heard since (with it, a
+        # profile heard of once was never kept, and every request asked check_session).
+        reading, profile_reading = self.sessions.reading(), self.profiles.reading()
         profile = self.rpc().users.check_session(user_id, token)
         if profile is None:
             self.sessions.forget(user_id)
@@ -270,7 +273,7 @@ class Known:
             tokens.clear()
         tokens[token] = time.monotonic()
         self.sessions.keep(user_id, tokens, reading)
-        self._keep_profile(profile, reading)
+        self._keep_profile(profile, profile_reading)
         return profile
 
     def end_session(self, user_id: int) -> None:

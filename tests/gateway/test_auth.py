@@ -147,6 +147,16 @@ def test_pages_are_in_spanish_when_the_browser_asks(client):
     assert "Recordarme" in text(page)
 
 
+def test_wtforms_own_messages_follow_each_requests_language(client):
+    """WTForms' messages come in the language of each request (its catalogs are loaded
+    once a process per language, gateway.forms): Spanish, then English again, then Spanish."""
+    for language, message in (("es", "Este campo es obligatorio."), ("en", "This field is required."),
+                              ("es-ES,es;q=0.9", "Este campo es obligatorio.")):
+        response = post_form(client, "/auth/login", {"username": "", "password": ""},
+                             headers={"Accept-Language": language})
+        assert response.status_code == 200 and message in text(response), language
+
+
 def test_no_page_needs_the_internet(client):
     register(client, "susan")
     login(client, "susan")

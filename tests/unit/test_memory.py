@@ -163,6 +163,35 @@ def test_sessions_are_trusted_until_a_sign_out_is_heard(known, clock):
     assert known.live_session(1, "t1") is None
 
 
+def test_a_checked_session_keeps_the_profile_after_profile_events_were_heard(known):
+    """check_session's profile is kept by the profiles memory's own rules: heard events
+    about the user before the check do not stop it being kept; one during the check does."""
+    users = known.pool.users
+    known.profile_changed(1, "susan", "", position=3)  # her registration, heard earlier
+    known.profile_changed(2, "john", "", position=4)
+    assert known.live_session(1, "t1")["username"] == "susan"
+    checks = users.calls.count(("check_session", 1))
+    for _ in range(3):  # the next requests: from memory, no RPC
+        assert known.live_session(1, "t1")["username"] == "susan"
+    assert users.calls.count(("check_session", 1)) == checks
+    known.profile_changed(1, "sue", "", position=9)
+    assert known.live_session(1, "t1")["username"] == "sue"  # the event changed the kept profile
+
+    # A profile change heard while check_session is on its way: its (older) answer is not kept.
+    known.sessions.forget(1)
+    real = users.check_session
+
+    def racing(user_id, token):
+        answer = real(user_id, token)
+        known.profile_changed(1, "newer", "", position=10)
+        return answer
+
+    users.check_session = racing
+    known.live_session(1, "t1")
+    users.check_session = real
+    assert known.profiles.get(1) is None or known.profiles.get(1)["username"] == "newer"
+
+
 def test_the_badge_and_the_poll_come_from_the_rows_kept_current_by_changes(known):
     notifications = known.pool.notifications
     assert known.unread_message_count(1) == 2 and known.unread_message_count(2) == 0
