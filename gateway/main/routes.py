@@ -4,10 +4,13 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
-from flask_babel import _
+from flask_babel import _, format_datetime, format_timedelta
+from flask_babel import gettext as _gettext
+from markupsafe import Markup, escape
 from flask_login import current_user, login_required
 
 from gateway.errors import RETRY_AFTER, UNAVAILABLE
+from gateway.avatars import avatar_url
 from gateway.forms import show_service_error
 from gateway.main import bp
 from gateway.main.forms import EditProfileForm, MessageForm
@@ -147,16 +150,31 @@ def messages():
         remember_own_write("notifications", read_at)
     if page > inbox["pages"]:
         abort(404)
-    senders = known().profiles_of({m["sender_id"] for m in inbox["messages"]})
+    senders = _senders(known().profiles_of({m["sender_id"] for m in inbox["messages"]}))
+    now = datetime.now(timezone.utc)
+    said = Markup(escape(_gettext("%(user)s said %(when)s")))  # translated once a page, not once a message
     for message in inbox["messages"]:
-        message["sender"] = senders.get(message["sender_id"])
-        message["sent_at"] = as_utc(datetime.fromisoformat(message["sent_at"]))
+        sent_at = as_utc(datetime.fromisoformat(message["sent_at"]))
+        when = Markup('<time datetime="%s" title="%s">%s</time>') % (
+            message["sent_at"], format_datetime(sent_at, "medium"), format_timedelta(sent_at - now, add_direction=True))
+        message["sender"] = sender = senders.get(message["sender_id"])
+        message["line"] = said % {"user": sender["link"], "when": when} if sender else when
+        message["new"] = message["id"] > inbox["read_after"]
     next_url = url_for("main.messages", page=page + 1) if inbox["has_next"] else None
     prev_url = url_for("main.messages", page=page - 1) if inbox["has_prev"] else None
     return render_template(
-        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url,
-        read_after=inbox["read_after"], now=datetime.now(timezone.utc),
-    )
+        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url)
+
+
+def _senders(profiles: dict[int, dict]) -> dict[int, dict]:
+    """What a message card shows of its sender, made once per sender on the page."""
+    shown = {}
+    for user_id, profile in profiles.items():
+        url = url_for("main.user", username=profile["username"])
+        shown[user_id] = {"url": url, "avatar": avatar_url(profile, 36),
+                          "link": Markup('<a href="%s">%s</a>') % (url, profile["username"]),
+                          "reply": url_for("main.send_message", recipient=profile["username"])}
+    return shown
 
 
 @bp.route("/avatar/<digest>.svg")
