@@ -189,7 +189,7 @@ class Known:
             return {**profile, "username": username, "about_me": about_me}
 
         self.profiles.heard(user_id, change, mark=position)
-        self._names[username.lower()] = user_id
+        self._name(username, user_id)
 
     def session_ended(self, user_id: int, position: int) -> None:
         """``SessionEnded``: the user signed out somewhere; their sessions are checked again."""
@@ -209,9 +209,12 @@ class Known:
     # -- profiles ---------------------------------------------------------------------
     def _keep_profile(self, profile: dict, token) -> None:
         if self.profiles.keep(profile["id"], profile, token):
-            if len(self._names) > 2 * self.profiles.size:
-                self._names.clear()
-            self._names[profile["username"].lower()] = profile["id"]
+            self._name(profile["username"], profile["id"])
+
+    def _name(self, username: str, user_id: int) -> None:
+        if len(self._names) > 2 * self.profiles.size:  # bounded too: start again, it is only an index
+            self._names.clear()
+        self._names[username.lower()] = user_id
 
     def profile(self, user_id: int) -> dict:
         """The user's public profile (``UserNotFound`` from the service if there is none)."""

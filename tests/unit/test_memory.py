@@ -206,6 +206,12 @@ def test_the_badge_and_the_poll_come_from_the_rows_kept_current_by_changes(known
     assert notifications.calls == 3
 
 
+def test_the_name_index_stays_bounded_however_many_renames_are_heard(known):
+    for user_id in range(1000):
+        known.profile_changed(user_id, f"user{user_id}", "", position=user_id)
+    assert len(known._names) <= 2 * known.profiles.size + 1
+
+
 def test_a_disabled_memory_always_asks(known):
     off = Known(lambda: known.pool, size=0)
     off.connection_up()
