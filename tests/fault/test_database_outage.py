@@ -14,6 +14,7 @@ import requests
 
 from tests.fault.cluster import Cluster
 from tests.fault.proxy import TcpProxy
+from tests.waiting import wait_until
 from tests.system.test_commands import MICROBLOG, stop
 
 BADGE = re.compile(r'<span id="message_count"([^>]*)>(\d+)<')
@@ -195,6 +196,10 @@ def test_a_users_or_messages_database_outage_answers_503_not_500(tmp_path, real_
             assert response.status_code == 503, (path, response.status_code)
             assert response.headers.get("Retry-After")
         proxies["users"].restore()
+        # Pages from memory need no users service: ask it something, so that it touches
+        # its database again (and logs that it answers again) before the logs are read.
+        wait_until(lambda: john.get(cluster.base + "/explore", timeout=30).status_code == 200, timeout=30,
+                   interval=0.2, message="the users service did not answer again after its database came back")
 
         # Back to normal, and the send refused during the outage was not stored.
         assert _send(cluster, susan, "john", "after") == 302
