@@ -81,6 +81,16 @@ def services(names, env, log_dir: Path, microblog: str = MICROBLOG, cwd: str | N
             process.wait(timeout=30)
 
 
+def stop_process(process, timeout: float = 40) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc), 0 if it is gone."""
     try:

@@ -60,8 +60,8 @@ import requests
 
 warnings.filterwarnings("ignore")
 
-from bench.common import cpu_seconds, databases, processes_named, services, vhost  # noqa: E402
-from bench.push_bench import HIDDEN, PASSWORD, cookie_header, descendants, sign_up  # noqa: E402
+from bench.common import cpu_seconds, databases, processes_named, services, stop_process, vhost  # noqa: E402
+from bench.push_bench import HIDDEN, cookie_header, descendants, sign_up  # noqa: E402
 
 ALL = ("users", "messages", "notifications")
 USER, PEER = "susan", "john"
@@ -171,12 +171,7 @@ def stack(label: str, checkout: Path, workers: int, logs: Path):
                     yield Stack(label, checkout, base, gateway, dict(pids),
                                 [url.rsplit("/", 1)[1] for url in urls.values()])
                 finally:
-                    gateway.terminate()
-                    try:
-                        gateway.wait(timeout=40)
-                    except subprocess.TimeoutExpired:
-                        gateway.kill()
-                        gateway.wait()
+                    stop_process(gateway)
         finally:
             os.environ.update(saved)
 

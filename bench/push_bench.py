@@ -81,7 +81,7 @@ import requests
 
 warnings.filterwarnings("ignore")
 
-from bench.common import MICROBLOG, CpuMeter, percentile, processes_named  # noqa: E402
+from bench.common import MICROBLOG, CpuMeter, percentile, processes_named, stop_process  # noqa: E402
 
 PASSWORD = "correct horse battery"
 HIDDEN = re.compile(r'<input[^>]*name="([^"]+)"[^>]*type="hidden"[^>]*value="([^"]*)"')
@@ -130,12 +130,7 @@ def real_site(args, logs: Path):
                 others = {f"{name} service": pids for name, pids in services.pids.items()}
                 yield Site(base, gateway.pid, log, others)
             finally:
-                gateway.terminate()
-                try:
-                    gateway.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    gateway.kill()
-                    gateway.wait()
+                stop_process(gateway)
 
 
 @contextmanager
