@@ -160,12 +160,16 @@ class Known:
         self.profiles = Memory(size, profile_ttl)  # user id -> public profile; event marks: users log positions
         self.sessions = Memory(size, session_ttl)  # user id -> {token: checked at}; trusted per token for the ttl
         self.notifications = Memory(size, notifications_ttl)  # user id -> {name: row}; marks: row timestamps
+        # user id -> the first page of their inbox (``open_inbox``'s answer when nothing was
+        # unread): dropped on any change of their unread count, which every MessageSent to
+        # them makes. A tenth as many as the others: a page is up to 25 messages.
+        self.inboxes = Memory(size // 10 if size >= 10 else size, notifications_ttl)
         self._names: dict[str, int] = {}  # lower-cased username -> user id (checked against the profile)
         self.session_ttl = session_ttl
 
     @property
     def memories(self) -> tuple[Memory, ...]:
-        return self.profiles, self.sessions, self.notifications
+        return self.profiles, self.sessions, self.notifications, self.inboxes
 
     # -- events (the hub's listener) --------------------------------------------------
     def connection_up(self) -> None:
@@ -205,6 +209,8 @@ class Known:
             return {**rows, name: {"name": name, "data": value, "timestamp": timestamp}}
 
         self.notifications.heard(user_id, change, mark=timestamp)
+        if name == "unread_message_count" or not has_value:
+            self.inboxes.heard(user_id)  # a message came (or the inbox was read): ask again
 
     # -- profiles ---------------------------------------------------------------------
     def _keep_profile(self, profile: dict, token) -> None:
@@ -300,6 +306,26 @@ class Known:
     def unread_message_count(self, user_id: int) -> int:
         row = self.notification_rows(user_id).get("unread_message_count")
         return row["data"] if row is not None else 0
+
+    # -- the inbox ------------------------------------------------------------------------
+    def open_inbox(self, user_id: int, page: int) -> dict:
+        """``messages.open_inbox``'s answer (mark read if anything is unread, and the page).
+        The first page comes from memory when this process's rows say nothing is unread and
+        it kept that page since the last change of the unread count: opening it then writes
+        nothing and reads nothing the memory does not have. Anything else asks the service
+        (one RPC), and an answer that marked nothing read is kept."""
+        rows = self.notifications.get(user_id) if page == 1 else None
+        unread = rows.get("unread_message_count") if rows is not None else None
+        nothing_unread = rows is not None and (unread is None or unread["data"] == 0)
+        if nothing_unread:
+            kept = self.inboxes.get(user_id)
+            if kept is not None:
+                return kept
+        token = self.inboxes.reading()
+        inbox = self.rpc().messages.open_inbox(user_id, page)
+        if page == 1 and inbox["read"] is None:
+            self.inboxes.keep(user_id, inbox, token)
+        return inbox
 
     # -- your own writes --------------------------------------------------------------
     def await_event(self, memory: Memory, user_id: int, mark, timeout: float) -> bool:

@@ -139,11 +139,12 @@ def _page_argument() -> int:
 @login_required
 def messages():
     """The inbox: one RPC (``open_inbox``: marks it read if anything was unread, and the
-    page), the senders' names from memory. After an ``InboxRead`` the page waits for its
+    page), or none when nothing is unread and this process keeps the page
+    (``Known.open_inbox``); the senders' names from memory. After an ``InboxRead`` the page waits for its
     notification change to reach this process, so the badge it draws is 0 (your own
     write); the session carries the mark to the next pages, served by any process."""
     page = _page_argument()
-    inbox = services().messages.open_inbox(current_user.id, page)
+    inbox = known().open_inbox(current_user.id, page)
     if inbox["read"] is not None:
         read_at = datetime.fromisoformat(inbox["read"]["occurred_at"]).timestamp()
         known().await_event(known().notifications, current_user.id, read_at, OWN_WRITE_WAIT)
@@ -153,17 +154,18 @@ def messages():
     senders = _senders(known().profiles_of({m["sender_id"] for m in inbox["messages"]}))
     now = datetime.now(timezone.utc)
     said = Markup(escape(_gettext("%(user)s said %(when)s")))  # translated once a page, not once a message
+    cards = []  # the answer may be this process's memory of it: read, never changed
     for message in inbox["messages"]:
         sent_at = as_utc(datetime.fromisoformat(message["sent_at"]))
         when = Markup('<time datetime="%s" title="%s">%s</time>') % (
             message["sent_at"], format_datetime(sent_at, "medium"), format_timedelta(sent_at - now, add_direction=True))
-        message["sender"] = sender = senders.get(message["sender_id"])
-        message["line"] = said % {"user": sender["link"], "when": when} if sender else when
-        message["new"] = message["id"] > inbox["read_after"]
+        sender = senders.get(message["sender_id"])
+        cards.append({"body": message["body"], "sender": sender, "new": message["id"] > inbox["read_after"],
+                      "line": said % {"user": sender["link"], "when": when} if sender else when})
     next_url = url_for("main.messages", page=page + 1) if inbox["has_next"] else None
     prev_url = url_for("main.messages", page=page - 1) if inbox["has_prev"] else None
     return render_template(
-        "messages.html", title=_("Messages"), messages=inbox["messages"], next_url=next_url, prev_url=prev_url)
+        "messages.html", title=_("Messages"), messages=cards, next_url=next_url, prev_url=prev_url)
 
 
 def _senders(profiles: dict[int, dict]) -> dict[int, dict]:

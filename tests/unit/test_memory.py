@@ -119,11 +119,31 @@ class FakeNotifications:
         return [row for row in self.rows.get(user_id, []) if row["timestamp"] > since]
 
 
+class FakeMessages:
+    """An inbox of ``messages`` for user 1, ``unread`` of them unread."""
+
+    def __init__(self):
+        self.calls = []
+        self.messages, self.unread = [3, 2, 1], 0
+        self.during_call = None  # what else happens while a call is on its way
+
+    def open_inbox(self, user_id, page):
+        self.calls.append(("open_inbox", user_id, page))
+        read = {"position": 9} if self.unread else None
+        read_after = max(self.messages) - self.unread
+        self.unread = 0
+        answer = {"messages": [{"id": i} for i in self.messages], "page": page, "read": read, "read_after": read_after}
+        if self.during_call:
+            self.during_call()
+        return answer
+
+
 @pytest.fixture
 def known():
     class Pool:
         users = FakeUsers()
         notifications = FakeNotifications()
+        messages = FakeMessages()
 
     known = Known(lambda: Pool, size=100)
     known.connection_up()
@@ -217,3 +237,48 @@ def test_a_disabled_memory_always_asks(known):
     off.connection_up()
     off.profile(1), off.profile(1)
     assert known.pool.users.calls.count(("get_user", 1)) == 2
+
+
+def test_the_inbox_comes_from_memory_while_nothing_is_unread_and_no_message_came(known):
+    """Messages with nothing unread: the first page from memory (no RPC, nothing written);
+    a change of the unread count (a message came) drops it; a page that marked something
+    read, later pages and a fill that raced a change are never kept."""
+    messages, notifications = known.pool.messages, known.pool.notifications
+    notifications.rows[1] = [{"name": "unread_message_count", "data": 0, "timestamp": 10.0}]
+    first = known.open_inbox(1, 1)  # the rows are not in memory: asks (and keeps the answer)
+    assert [m["id"] for m in first["messages"]] == [3, 2, 1] and len(messages.calls) == 1
+    known.unread_message_count(1)  # the badge of that page reads the rows into memory
+    for _ in range(3):
+        assert known.open_inbox(1, 1) is first  # from memory
+    assert len(messages.calls) == 1
+    assert known.open_inbox(1, 2)["page"] == 2 and len(messages.calls) == 2  # only the first page is kept
+
+    messages.messages, messages.unread = [4, 3, 2, 1], 1  # a message comes ...
+    known.notification_changed(1, "unread_message_count", 11.0, 1, True)  # ... and its change is heard
+    opened = known.open_inbox(1, 1)
+    assert [m["id"] for m in opened["messages"]] == [4, 3, 2, 1] and opened["read"] is not None
+    assert opened["read_after"] == 3  # message 4 is new on this page
+    known.notification_changed(1, "unread_message_count", 12.0, 0, True)  # the InboxRead's change
+    calls = len(messages.calls)
+    again = known.open_inbox(1, 1)
+    assert again["read"] is None and len(messages.calls) == calls + 1  # a page that read is not kept
+    assert known.open_inbox(1, 1) is again and len(messages.calls) == calls + 1
+
+    known.notification_changed(1, "unread_message_count", 13.0, 0, False)  # a change without its value
+    messages.during_call = lambda: known.notification_changed(1, "unread_message_count", 14.0, 0, True)
+    known.unread_message_count(1)
+    known.open_inbox(1, 1)  # a change heard while the call was on its way: its answer is not kept
+    messages.during_call = None
+    calls = len(messages.calls)
+    known.open_inbox(1, 1)
+    assert len(messages.calls) == calls + 1
+
+    known.notification_changed(1, "unread_message_count", 15.0, 2, True)  # unread: always asks
+    messages.unread = 2
+    calls = len(messages.calls)
+    assert known.open_inbox(1, 1)["read"] is not None and len(messages.calls) == calls + 1
+    known.connection_down()
+    known.connection_up()
+    calls = len(messages.calls)
+    known.open_inbox(1, 1)
+    assert len(messages.calls) == calls + 1  # a reconnect emptied it
