@@ -13,9 +13,61 @@ import signal
 import warnings
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from kernel.settings import env_int, env_str
+
+
+class _HeadWithBody:
+    """The client's socket as a response sees it: the head (status line and headers) is
+    held back and sent with the first bytes of the body, in one ``sendall``."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.holding = False  # the next sendall is the head: keep it
+        self.head = b""
+
+    def sendall(self, data) -> None:
+        if self.holding:
+            self.head, self.holding = bytes(data), False
+            return
+        if self.head:
+            data, self.head = self.head + bytes(data), b""
+        self._sock.sendall(data)
+
+    def flush(self) -> None:
+        if self.head:
+            head, self.head = self.head, b""
+            self._sock.sendall(head)
+
+    def sendfile(self, *args, **kwargs):
+        self.flush()
+        return self._sock.sendfile(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class OneSendResponse(gunicorn_wsgi.Response):
+    """gunicorn's response, with its head sent in the same ``sendall`` as the body's first
+    bytes instead of one of its own. gunicorn writes them apart: two sends per page, and on
+    this machine a send on the loopback costs about as much CPU as rendering a small page
+    (py-spy of a form-send run: the header sends were 16% of the gateway's busy samples).
+    A page is then one TCP segment to the client, not two."""
+
+    def __init__(self, req, sock, cfg):
+        super().__init__(req, _HeadWithBody(sock), cfg)
+
+    def send_headers(self):
+        if not self.headers_sent:
+            self.sock.holding = True
+            super().send_headers()
+            self.sock.holding = False
+
+    def close(self):
+        super().close()
+        self.sock.flush()  # a response without a body (a HEAD, a 204, an empty one)
 
 
 class GatewayWorker(GeventWorker):
@@ -53,6 +105,7 @@ class GatewayWorker(GeventWorker):
         signal.signal(signal.SIGTERM, self._stop_early)
         signal.signal(signal.SIGINT, self._stop_early)
         signal.signal(signal.SIGQUIT, self._stop_early)
+        gunicorn_wsgi.Response = OneSendResponse  # what gunicorn's ``wsgi.create`` makes, in this worker
         super().init_process()
 
     def _stop_early(self, sig, frame):

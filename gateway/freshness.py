@@ -62,7 +62,6 @@ class ChangeListener:
                 self.sink.users_event(event)
         except EventContractError:
             logger.warning("ignoring an unreadable notification change: %r", body)
-        message.ack()
 
     def _run(self) -> None:
         notifications = Exchange("notifications.events", type="topic", durable=True)
@@ -77,7 +76,9 @@ class ChangeListener:
                 with Connection(self.amqp_uri, connect_timeout=5, heartbeat=HEARTBEAT,
                                 transport_options={"max_retries": 0}) as connection:
                     queue = Queue(bindings=bindings, exclusive=True, auto_delete=True)
-                    with Consumer(connection, queues=[queue], callbacks=[self._on_message]):
+                    # No acks: the queue is this process's own (exclusive, gone with its
+                    # connection), so an ack would keep nothing safer; it was a send per event.
+                    with Consumer(connection, queues=[queue], callbacks=[self._on_message], no_ack=True):
                         self.sink.connection_up()
                         outage.succeeded()
                         failures = 0
