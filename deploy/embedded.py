@@ -83,7 +83,7 @@ class EmbeddedSystem:
         from nameko.runners import ServiceRunner
 
         from gateway import create_app
-        from gateway.settings import GatewaySettings, _avatars, persistent_secret_key
+        from gateway.settings import GatewaySettings, _avatars, api_token_lifetime, persistent_secret_key
         from kernel.settings import env_str
         from kernel.metrics import InstrumentedRpcPool
 
@@ -103,6 +103,7 @@ class EmbeddedSystem:
             poll_interval=self.poll_interval,
             # Avatars drawn here unless AVATARS says otherwise: nothing fetched from outside.
             avatars=_avatars(env_str("AVATARS", "local")),
+            api_token_lifetime=api_token_lifetime(),
         )
         self.rpc = InstrumentedRpcPool({"AMQP_URI": EMBEDDED_AMQP_URI}, size=settings.rpc_pool_size, timeout=settings.rpc_timeout)
         self.app = create_app(settings, rpc=self.rpc)

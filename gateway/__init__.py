@@ -58,6 +58,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
         POLL_INTERVAL=settings.poll_interval,
         USE_STREAM=settings.use_stream,
         AVATARS=settings.avatars,
+        API_TOKEN_LIFETIME=settings.api_token_lifetime,
         REMEMBER_COOKIE_DURATION=timedelta(days=settings.remember_days),
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
@@ -93,6 +94,7 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     )
 
     from gateway import errors
+    from gateway.api import bp as api_bp
     from gateway.auth import bp as auth_bp
     from gateway.main import bp as main_bp
 
@@ -108,6 +110,9 @@ def create_app(settings: GatewaySettings | None = None, rpc: RpcPool | None = No
     app.context_processor(navbar_context)
     app.register_blueprint(auth_bp, url_prefix="/auth")
     app.register_blueprint(main_bp)
+    # The API reads no cookie (a bearer token authorises each call): nothing to forge.
+    csrf.exempt(api_bp)
+    app.register_blueprint(api_bp, url_prefix="/api")
     # The hub's listener feeds the memory pages read from: started by the first request
     # of the process that serves (after gunicorn's fork), not when the app is built.
     app.before_request(hub.start)

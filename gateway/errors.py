@@ -3,7 +3,8 @@
 Each page is in the site's layout, translated, with a way back (home, and the page the
 visitor came from when it is one of ours). The poll and the push stream
 (``/notifications``, ``/notifications/stream``) are asked by scripts: their errors are
-JSON ``{"error": ...}`` instead.
+JSON ``{"error": ...}`` instead. Every error under ``/api/`` (the token API) is JSON
+``{"error": <HTTP reason>, "message": <what went wrong, translated>}``.
 """
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ from flask import current_app, jsonify, render_template, request
 from flask_babel import _, lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from kernel.errors import DependencyUnavailable
 from kernel.rpc_pool import ServiceUnavailable
@@ -55,6 +57,8 @@ def register(app):
     def service_unavailable(error):
         app.logger.warning("service unavailable: %s", error)
         headers = {"Retry-After": str(RETRY_AFTER)}
+        if is_api():
+            return api_error(503) + (headers,)
         if _wants_json():
             return jsonify(error=_("Notifications are unavailable right now; please try again shortly.")), 503, headers
         return _render_without_user(503), 503, headers
@@ -71,6 +75,8 @@ def register(app):
 
     @app.errorhandler(500)
     def internal_error(error):
+        if is_api():
+            return api_error(500)
         if _wants_json():
             return jsonify(error=_("An unexpected error has occurred")), 500
         return _render_robustly(500), 500
@@ -81,7 +87,30 @@ def _wants_json() -> bool:
     return request.path == "/notifications" or request.path.startswith("/notifications/")
 
 
+def is_api() -> bool:
+    """A request to the token API (``gateway.api``), or to an address under it."""
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+# The API's own words for the errors a client meets most (the pages' speak of pages).
+API_TEXTS = {
+    401: _l("A valid token is required: Authorization: Bearer <token> (POST /api/tokens gives one)."),
+    404: _l("There is nothing at this address."),
+    405: _l("This address does not take that method."),
+    415: _l("The body must be JSON, sent with Content-Type: application/json."),
+}
+
+
+def api_error(code: int, message=None):
+    """The API's error response: ``{"error": <HTTP reason>, "message": ...}`` and ``code``."""
+    if message is None:
+        message = API_TEXTS.get(code) or PAGES.get(code, (None, HTTP_STATUS_CODES.get(code, "")))[1]
+    return jsonify(error=HTTP_STATUS_CODES.get(code, str(code)), message=str(message)), code
+
+
 def _error_response(code: int, reason=None, name=None):
+    if is_api():
+        return api_error(code, reason)
     if _wants_json():
         title = PAGES[code][0] if code in PAGES else name
         return jsonify(error=str(reason or title)), code

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
@@ -158,7 +159,7 @@ class Known:
                  notifications_ttl: float = 60.0):
         self.rpc = rpc
         self.profiles = Memory(size, profile_ttl)  # user id -> public profile; event marks: users log positions
-        self.sessions = Memory(size, session_ttl)  # user id -> {token: checked at}; trusted per token for the ttl
+        self.sessions = Memory(size, session_ttl)  # user id -> {token: trusted until (monotonic)}
         self.notifications = Memory(size, notifications_ttl)  # user id -> {name: row}; marks: row timestamps
         # user id -> the first page of their inbox (``open_inbox``'s answer when nothing was
         # unread): dropped on any change of their unread count, which every MessageSent to
@@ -258,12 +259,12 @@ class Known:
     # -- sessions ---------------------------------------------------------------------
     def live_session(self, user_id: int, token: str, profile_too: bool = True) -> dict | None:
         """The profile of the user if ``token`` is their live session, else None; from
-        memory when this process checked that session within ``session_ttl`` seconds and
-        heard of no sign-out of that user since. With ``profile_too`` False (the poll) a
+        memory when this process checked that session within ``session_ttl`` seconds, it
+        has not expired since, and no sign-out of that user was heard since. With ``profile_too`` False (the poll) a
         live session answers ``{"id": user_id}`` when the profile is not in memory."""
         tokens = self.sessions.get(user_id)
-        checked = tokens.get(token) if tokens else None
-        if checked is not None and time.monotonic() - checked < self.session_ttl:
+        trusted_until = tokens.get(token) if tokens else None
+        if trusted_until is not None and time.monotonic() < trusted_until:
             profile = self.profiles.get(user_id)
             if profile is not None:
                 return profile
@@ -277,10 +278,16 @@ class Known:
         if profile is None:
             self.sessions.forget(user_id)
             return None
+        profile = dict(profile)
+        expires_at = profile.pop("session_expires_at", None)
+        # Trusted for session_ttl at most, and never past the session's own end.
+        trust = self.session_ttl
+        if expires_at is not None:
+            trust = min(trust, datetime.fromisoformat(expires_at).timestamp() - time.time())
         tokens = dict(self.sessions.get(user_id) or {})
-        if len(tokens) >= 32:  # one user's browsers: keep the memory of them small
+        if len(tokens) >= 32:  # one user's browsers and API tokens: keep the memory of them small
             tokens.clear()
-        tokens[token] = time.monotonic()
+        tokens[token] = time.monotonic() + trust
         self.sessions.keep(user_id, tokens, reading)
         self._keep_profile(profile, profile_reading)
         return profile

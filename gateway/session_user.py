@@ -46,12 +46,13 @@ class SessionUser(UserMixin):
         return datetime.now(timezone.utc) - self.last_seen < interval
 
 
-def parse_session_id(raw) -> tuple[int, str] | None:
-    """``(user id, session token)`` from a cookie's ``"<id>:<token>"``; None if malformed
-    (including the bare ids of cookies made before sessions were kept server-side)."""
-    if not isinstance(raw, str) or raw.count(":") != 1:
+def parse_session_id(raw, separator: str = ":") -> tuple[int, str] | None:
+    """``(user id, session token)`` from a cookie's ``"<id>:<token>"`` (an API token's
+    ``"<id>.<token>"`` with ``separator="."``); None if malformed (including the bare ids of
+    cookies made before sessions were kept server-side)."""
+    if not isinstance(raw, str) or raw.count(separator) != 1:
         return None
-    uid, token = raw.split(":")
+    uid, token = raw.split(separator)
     if not uid.isascii() or not uid.isdigit() or len(uid) > 18 or not token:
         return None
     return int(uid), token

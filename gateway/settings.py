@@ -33,6 +33,8 @@ class GatewaySettings:
     # identicon drawn by the gateway itself: no request leaves the site).
     avatars: str = "gravatar"
     remember_days: int = 14
+    # How long a token of the API (POST /api/tokens) lives, in seconds, unless revoked first.
+    api_token_lifetime: float = 3600.0
     secure_cookies: bool = False
 
     @classmethod
@@ -50,6 +52,7 @@ class GatewaySettings:
             rpc_timeout=env.rpc_timeout(),
             poll_interval=env.env_float("POLL_INTERVAL", 10.0, minimum=0.05),
             remember_days=env.env_int("REMEMBER_COOKIE_DAYS", 14, minimum=1),
+            api_token_lifetime=api_token_lifetime(),
             avatars=_avatars(env.env_str("AVATARS", "gravatar")),
             poll_cache_ttl=env.env_float("POLL_CACHE_TTL", 5.0, minimum=0.0),
             memory_users=env.env_int("MEMORY_USERS", 10_000, minimum=0),
@@ -58,6 +61,10 @@ class GatewaySettings:
             stream_keepalive=env.env_float("STREAM_KEEPALIVE", 15.0, minimum=0.05),
             stream_retry_ms=env.env_int("STREAM_RETRY_MS", 3000, minimum=0),
         )
+
+
+def api_token_lifetime() -> float:
+    return env.env_float("API_TOKEN_LIFETIME", 3600.0, minimum=1.0)
 
 
 def _avatars(value: str) -> str:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 class SseStream:
     def __init__(self, base: str, cookie: str | None, since=None, last_event_id: str | None = None,
-                 path: str = "/notifications/stream", timeout: float = 10):
+                 path: str = "/notifications/stream", timeout: float = 10, extra_headers: dict | None = None):
         parts = urlsplit(base)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
         query = f"?since={since}" if since is not None else ""
@@ -25,6 +25,7 @@ class SseStream:
             headers.append(f"Cookie: {cookie}")
         if last_event_id is not None:
             headers.append(f"Last-Event-ID: {last_event_id}")
+        headers += [f"{name}: {value}" for name, value in (extra_headers or {}).items()]
         self.sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
         self.buffer = b""
         self.eof = False

@@ -29,8 +29,9 @@ LAST_SEEN_RESOLUTION = timedelta(minutes=1)
 
 @bp.before_app_request
 def record_last_seen():
-    # The badge's background poll is not the person doing anything (and must stay cheap).
-    if request.endpoint in ("main.notifications", "main.notification_stream"):
+    # The badge's background poll is not the person doing anything (and must stay cheap);
+    # the API reads no cookie (gateway.api).
+    if request.endpoint in ("main.notifications", "main.notification_stream") or request.blueprint == "api":
         return
     if current_user.is_authenticated and not current_user.seen_within(LAST_SEEN_RESOLUTION):
         try:

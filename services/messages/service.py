@@ -77,6 +77,15 @@ class MessagesService(HealthCheck, EventSource):
         return {**self.db.page_of(user_id, page), "read": read, "read_after": read_after}
 
     @rpc
+    def message(self, user_id, message_id):
+        """One message (``id`` is its position in the log), for its sender or its recipient
+        only: None for anyone else, and for ids that name no message."""
+        ids = (user_id, message_id)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 2**63 - 1 for i in ids):
+            return None
+        return self.db.message_for(user_id, message_id)
+
+    @rpc
     def unread_count(self, user_id):
         return self.db.unread_count(user_id)
 

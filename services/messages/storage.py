@@ -65,11 +65,22 @@ class Inbox:
             "messages": [{"id": m.id, "sender_id": m.sender_id, "body": m.body, "sent_at": _iso(m.sent_at)}
                          for m in rows],
             "page": page,
+            "per_page": per_page,
             "pages": pages,
             "total": total,
             "has_prev": page > 1,
             "has_next": page < pages,
         }
+
+    def message_for(self, user_id: int, message_id: int) -> dict | None:
+        """One message, if ``user_id`` sent or received it; else None."""
+        m = self.session.execute(
+            select(MESSAGES).where(MESSAGES.c.id == message_id,
+                                   (MESSAGES.c.sender_id == user_id) | (MESSAGES.c.recipient_id == user_id))).first()
+        if m is None:
+            return None
+        return {"id": m.id, "sender_id": m.sender_id, "recipient_id": m.recipient_id, "body": m.body,
+                "sent_at": _iso(m.sent_at)}
 
     def snapshot(self) -> tuple[list, list]:
         """Every row of the read model, in a stable order (to compare with a replay)."""

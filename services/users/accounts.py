@@ -307,7 +307,9 @@ def _live_session(session: Session, user_id, token) -> UserSession | None:
 
 
 def check_session(storage, user_id, token) -> dict | None:
-    """The user's profile if ``token`` is a live session of ``user_id``, else None.
+    """The user's profile if ``token`` is a live session of ``user_id``, else None; with
+    ``session_expires_at`` (ISO), so a gateway trusting the answer for a while never
+    trusts it past the session's end (an API token lives an hour, not weeks).
 
     None, not an error, for a session that ended or never was: a signed-out cookie is an
     everyday thing, not worth an error in the log.
@@ -317,7 +319,9 @@ def check_session(storage, user_id, token) -> dict | None:
     if row is None:
         return None
     user = session.get(User, row.user_id)
-    return public_profile(user) if user is not None else None
+    if user is None:
+        return None
+    return {**public_profile(user), "session_expires_at": as_utc(row.expires_at).isoformat()}
 
 
 def end_session(storage, user_id, token) -> bool:

@@ -183,6 +183,27 @@ def test_sessions_are_trusted_until_a_sign_out_is_heard(known, clock):
     assert known.live_session(1, "t1") is None
 
 
+def test_a_session_is_never_trusted_past_its_end(known, clock):
+    """check_session says when the session ends (an API token lives an hour): the memory
+    trusts it until then at most, not for the whole session_ttl."""
+    import time
+    from datetime import datetime, timezone
+
+    users = known.pool.users
+    real = users.check_session
+    ends = datetime.fromtimestamp(time.time() + 5, timezone.utc).isoformat()
+    users.check_session = lambda uid, token: {**real(uid, token), "session_expires_at": ends} if real(uid, token) else None
+    profile = known.live_session(1, "t1")
+    assert profile["username"] == "susan" and "session_expires_at" not in profile  # not part of the profile
+    assert "session_expires_at" not in known.profiles.get(1)
+    checks = users.calls.count(("check_session", 1))
+    clock[0] += 4.5
+    assert known.live_session(1, "t1") is not None and users.calls.count(("check_session", 1)) == checks
+    clock[0] += 1  # past its end, well within session_ttl: asked again
+    users.live.clear()  # (the service, past the end, says it is not live)
+    assert known.live_session(1, "t1") is None and users.calls.count(("check_session", 1)) > checks
+
+
 def test_a_checked_session_keeps_the_profile_after_profile_events_were_heard(known):
     """check_session's profile is kept by the profiles memory's own rules: heard events
     about the user before the check do not stop it being kept; one during the check does."""

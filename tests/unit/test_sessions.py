@@ -20,6 +20,8 @@ def test_a_session_is_live_until_it_ends(users_db, susan):
     opened = accounts.open_session(users_db, susan, 3600)
     token = opened["token"]
     assert accounts.check_session(users_db, susan, token)["username"] == "susan"
+    # When it ends, so that a gateway keeping the answer a while never keeps it past that.
+    assert accounts.check_session(users_db, susan, token)["session_expires_at"] == opened["expires_at"]
     assert accounts.end_session(users_db, susan, token) is True
     assert accounts.check_session(users_db, susan, token) is None
     assert accounts.end_session(users_db, susan, token) is False  # twice is harmless
