@@ -5,7 +5,6 @@ from datetime import datetime, timedelta, timezone
 
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _, format_datetime, format_timedelta
-from flask_babel import gettext as _gettext
 from markupsafe import Markup, escape
 from flask_login import current_user, login_required
 
@@ -154,7 +153,7 @@ def messages():
         abort(404)
     senders = _senders(known().profiles_of({m["sender_id"] for m in inbox["messages"]}))
     now = datetime.now(timezone.utc)
-    said = Markup(escape(_gettext("%(user)s said %(when)s")))  # translated once a page, not once a message
+    said = Markup(escape(_("%(user)s said %(when)s")))  # translated once a page, not once a message
     cards = []  # the answer may be this process's memory of it: read, never changed
     for message in inbox["messages"]:
         sent_at = as_utc(datetime.fromisoformat(message["sent_at"]))
