@@ -171,3 +171,4 @@ def test_no_page_needs_the_internet(client):
             assert f'src="{reference}' not in page and f'href="{reference}' not in page, url
     assert client.get("/static/bootstrap/bootstrap.min.css").status_code == 200
     assert client.get("/static/bootstrap/bootstrap.bundle.min.js").status_code == 200
+    assert client.get("/static/site.css").status_code == 200
