@@ -292,8 +292,14 @@ class Known:
         self._keep_profile(profile, profile_reading)
         return profile
 
-    def end_session(self, user_id: int) -> None:
+    def end_session(self, user_id: int, position: int = 0, wait: float = 0.0) -> None:
+        """This process signed the user out: forget their sessions at once, then wait (at
+        most ``wait`` seconds) to hear the sign-out's own ``SessionEnded`` (at ``position``),
+        which every gateway process is sent at the same moment: when the sign-out answers,
+        the others have dropped the session too, not some milliseconds later."""
         self.sessions.forget(user_id)
+        if position:
+            self.await_event(self.sessions, user_id, position, wait)
 
     # -- notifications ----------------------------------------------------------------
     def notification_rows(self, user_id: int) -> dict[str, dict]:

@@ -73,8 +73,7 @@ def issue_token():
 @bp.delete("/tokens")
 def revoke_token():
     """End the token's session: from now on every gateway process refuses it."""
-    services().users.end_session(g.api_user_id, g.api_token)
-    known().end_session(g.api_user_id)
+    known().end_session(g.api_user_id, services().users.end_session(g.api_user_id, g.api_token), OWN_WRITE_WAIT)
     return "", 204
 
 

@@ -324,16 +324,18 @@ def check_session(storage, user_id, token) -> dict | None:
     return {**public_profile(user), "session_expires_at": as_utc(row.expires_at).isoformat()}
 
 
-def end_session(storage, user_id, token) -> bool:
-    """End a session (sign-out): True if it was live. Ending it again is harmless.
+def end_session(storage, user_id, token) -> int:
+    """End a session (sign-out): the position of its ``SessionEnded`` in the users log, or
+    0 if it was not live. Ending it again is harmless.
 
     Logs ``SessionEnded`` in the same transaction: every gateway that trusts this user's
-    sessions from memory hears it and checks them with this service again."""
+    sessions from memory hears it and checks them with this service again (the one that
+    signed the user out waits for it: ``gateway/auth/routes.py``, ``logout``)."""
     session = storage.session
     row = _live_session(session, user_id, token)
     if row is None:
-        return False
+        return 0
     session.delete(row)
-    storage.append(SessionEnded(user_id=row.user_id))
+    position = storage.append(SessionEnded(user_id=row.user_id)).position
     storage.commit()
-    return True
+    return position

@@ -20,6 +20,7 @@ from tests.fault.proxy import TcpProxy
 from tests.waiting import wait_until
 
 CUT_SECONDS = 12
+NOTICE_BOUND = 1.0  # seconds for every gateway process to notice the cut (a reset read at once: measured in ms)
 FAST_FAIL_BOUND = 2.0  # seconds for a 503 while the broker is unreachable (measured: under 0.2 s; it was 2-20 s)
 RPC_TIMEOUT = 10  # the gateway's default: fast failures must not come from waiting it out
 RECOVERY_BOUND = 45.0  # seconds after the restore for a send to succeed again
@@ -134,7 +135,15 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         slowest = max(took for _, _, took in during)
         print(f"\nduring the cut: {len(during)} requests, slowest {slowest:.2f}s, statuses "
               f"{sorted({(what, status) for what, status, _ in during})}")
-        assert all(status == 503 for _, status, _ in during), sorted(set(during))
+        # Each gateway process notices the cut when its event listener reads the reset; a
+        # read it serves from memory in that moment (a profile page, the poll) is still the
+        # memory's answer as of the cut. From then on the memory is empty and every request
+        # is a 503; nothing is ever a 500, nor slow.
+        noticed = [(what, status, took) for started, what, status, took in requests_made
+                   if started >= cut_at + NOTICE_BOUND]
+        assert all(status == 503 if what == "send" else status in (200, 503)  # a send needs the broker
+                   for what, status, _ in during), sorted(set(during))
+        assert noticed and all(status == 503 for _, status, _ in noticed), sorted(set(noticed))
         assert slowest < FAST_FAIL_BOUND, sorted(during, key=lambda r: -r[2])[:5]
         around = [(what, status, took) for started, what, status, took in requests_made if started < cut_at]
         print(f"before the cut: {len(around)} requests, statuses {sorted({(w, s) for w, s, _ in around})}")

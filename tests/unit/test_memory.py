@@ -1,6 +1,7 @@
 """The gateway's memory (gateway/memory.py): what it answers is never older than what the
 service would answer, it stays bounded, and a request can wait for its own write's event."""
 import threading
+import time
 
 import pytest
 
@@ -303,3 +304,18 @@ def test_the_inbox_comes_from_memory_while_nothing_is_unread_and_no_message_came
     calls = len(messages.calls)
     known.open_inbox(1, 1)
     assert len(messages.calls) == calls + 1  # a reconnect emptied it
+
+
+def test_a_sign_out_here_waits_for_its_own_session_ended(known):
+    """The process that signs a user out forgets their sessions at once, then waits for the
+    sign-out's ``SessionEnded`` (sent to every process at the same moment), at most ``wait``."""
+    assert known.live_session(1, "t1") is not None
+    threading.Timer(0.1, lambda: known.session_ended(1, position=7)).start()
+    began = time.monotonic()
+    known.end_session(1, position=7, wait=5)
+    assert 0.05 < time.monotonic() - began < 2  # returned when the event came, not after the wait
+    assert known.sessions.mark(1) == 7
+    began = time.monotonic()
+    known.end_session(1, position=8, wait=0.2)  # an event that never comes: the wait is bounded
+    assert 0.15 < time.monotonic() - began < 2
+    known.end_session(1)  # nothing to wait for (the session was not live): no wait

@@ -22,9 +22,9 @@ def test_a_session_is_live_until_it_ends(users_db, susan):
     assert accounts.check_session(users_db, susan, token)["username"] == "susan"
     # When it ends, so that a gateway keeping the answer a while never keeps it past that.
     assert accounts.check_session(users_db, susan, token)["session_expires_at"] == opened["expires_at"]
-    assert accounts.end_session(users_db, susan, token) is True
+    assert accounts.end_session(users_db, susan, token) > 0  # its SessionEnded's position
     assert accounts.check_session(users_db, susan, token) is None
-    assert accounts.end_session(users_db, susan, token) is False  # twice is harmless
+    assert accounts.end_session(users_db, susan, token) == 0  # twice is harmless
 
 
 def test_sessions_are_independent(users_db, susan):
@@ -39,7 +39,7 @@ def test_a_token_is_no_good_for_another_user_or_altered(users_db, susan):
     john = accounts.register(users_db, "john", "john@example.com", PASSWORD, hasher=lambda p: "h:" + p)["id"]
     token = accounts.open_session(users_db, susan, 3600)["token"]
     assert accounts.check_session(users_db, john, token) is None
-    assert accounts.end_session(users_db, john, token) is False  # john cannot end susan's
+    assert accounts.end_session(users_db, john, token) == 0  # john cannot end susan's
     assert accounts.check_session(users_db, susan, token) is not None
     for bad in (token + "x", token[:-1], "", "x" * 5000, None, 5, [token]):
         assert accounts.check_session(users_db, susan, bad) is None, bad
