@@ -92,6 +92,11 @@ class Cluster:
         """Names of processes that exited on their own."""
         return [name for name, process in self.processes.items() if process.poll() is not None]
 
+    def dead_logs(self) -> str:
+        """What each process that exited on its own said last (for a failure's message)."""
+        return "\n".join(f"--- {name} exited ({self.processes[name].returncode}):\n"
+                         f"{self.log_of(name).read_text()[-4000:]}" for name in self.dead())
+
     def stop_all(self) -> dict[str, int]:
         codes = {}
         for name in reversed(list(self.processes)):

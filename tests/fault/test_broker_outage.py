@@ -162,7 +162,7 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
                    ignore=(AssertionError,), message=lambda: f"no send succeeded within {RECOVERY_BOUND}s of the "
                    f"restore (exited: {cluster.dead()}): {outcomes}")
         recovered = time.monotonic() - restored_at
-        assert cluster.dead() == []
+        assert cluster.dead() == [], cluster.dead_logs()
         for k in range(2):
             body = f"outage-after-{attempts[0] + k}-{tag}"
             outcomes[body], _ = _post_send(cluster, susan, cluster.send_form(susan, "john"), body)
@@ -196,7 +196,7 @@ def test_every_process_survives_a_broker_cut_and_everything_converges(tmp_path, 
         print(f"{len(acknowledged)} acknowledged sends, {len(bodies)} delivered; answered 503 but delivered: {late}")
         cluster.wait_for_unread(john, 0)  # opening the inbox read it, and that is projected too
 
-        assert cluster.dead() == []
+        assert cluster.dead() == [], cluster.dead_logs()
         for name in ("users", "messages", "notifications"):
             log = cluster.log_of(name).read_text()
             assert "thread exited with error" not in log, f"{name}:\n{log[-3000:]}"

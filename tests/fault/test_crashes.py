@@ -80,7 +80,7 @@ def test_a_send_committed_by_a_service_killed_before_it_replied_is_made_once(tmp
         assert _logged_sends(databases["messages"]) == ["warm-up", "the one"]
         cluster.wait_for_unread(john, 2)
         assert _bodies(john, cluster.base) == ["the one", "warm-up"]
-        assert cluster.dead() == []
+        assert cluster.dead() == [], cluster.dead_logs()
         restarted = cluster.log_of("messages").read_text()
         assert "Traceback" not in restarted, restarted[-3000:]
     finally:
@@ -144,7 +144,7 @@ def test_kill_9_of_messages_and_notifications_during_sends_loses_and_duplicates_
         assert len(set(logged)) == len(logged)
         cluster.wait_for_unread(john, len(acknowledged), timeout=60)
         assert sorted(_bodies(john, cluster.base)[:25]) == sorted(logged[::-1][:25])
-        assert cluster.dead() == []
+        assert cluster.dead() == [], cluster.dead_logs()
         result = subprocess.run([MICROBLOG, "verify"], env={**cluster.env_of("notifications"), "PATH": "/usr/bin:/bin"},
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr

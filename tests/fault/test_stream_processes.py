@@ -147,7 +147,7 @@ def test_a_gateway_whose_broker_connection_comes_back_re_reads_what_its_streams_
     events += wait_count(stream, 4, timeout=5)
     assert_in_order(events)
     assert not stream.eof, "the stream ended (it must live through the broker's outage)"
-    assert cluster.dead() == []
+    assert cluster.dead() == [], cluster.dead_logs()
 
 
 @pytest.mark.timeout(120)
@@ -175,7 +175,7 @@ def test_a_change_reaches_the_streams_on_both_gateway_processes(tmp_path, env, c
     # The same rows, with the same ids, whichever process wrote them.
     assert [e["id"] for e in seen["A"] if is_count(2)(e)] == [e["id"] for e in seen["B"] if is_count(2)(e)]
     nothing_for(susans, 0.5)  # none of john's changes reach susan
-    assert cluster.dead() == []
+    assert cluster.dead() == [], cluster.dead_logs()
 
 
 @pytest.mark.timeout(120)
@@ -218,7 +218,7 @@ def test_sigterm_ends_every_stream_at_once_and_last_event_id_resumes_exactly(tmp
     assert [e["data"]["name"] for e in events] == [COUNT], f"expected exactly the count 2, got {events}"
     assert all(float(e["id"]) > float(last_id) for e in events), (last_id, events)
     nothing_for(resumed, 1.0)  # and nothing more: the row at last_id is not sent again
-    assert cluster.dead() == []
+    assert cluster.dead() == [], cluster.dead_logs()
 
 
 @pytest.mark.timeout(120)
@@ -250,7 +250,7 @@ def test_twenty_tabs_of_one_user_each_get_every_change_and_closed_tabs_free_thei
     send(cluster, susan, "john", "to the last tab")
     wait_count(tabs[0], 2, timeout=10)
     nothing_for(susans, 0.5)
-    assert cluster.dead() == []
+    assert cluster.dead() == [], cluster.dead_logs()
 
 
 @pytest.mark.timeout(120)
@@ -276,4 +276,4 @@ def test_changes_made_while_notifications_was_killed_reach_an_open_stream_withou
     print(f"\ncount 3 reached the open stream {time.monotonic() - restarted:.2f} s after the restart began")
     assert_in_order(events)
     assert not stream.eof, "the stream ended: it must not need a reconnect"
-    assert cluster.dead() == []
+    assert cluster.dead() == [], cluster.dead_logs()
