@@ -3,6 +3,8 @@
 Each system starts once per test session (starting and stopping nameko services costs
 seconds); every test gets empty databases and a fresh browser (test client).
 """
+import eventlet
+import eventlet.wsgi
 import pytest
 
 from tests.conftest import TEST_SECRET, empty_tables
@@ -135,3 +137,14 @@ def susan_and_john(client, other_client):
     signed_in(other_client, "john")
     signed_in(client, "susan")
     return client, other_client
+
+
+@pytest.fixture
+def base(system_app):
+    """``system_app`` served over HTTP on a free port (eventlet's WSGI server, as in
+    embedded mode), for tests that read a real response stream: its base URL."""
+    listener = eventlet.listen(("127.0.0.1", 0))
+    server = eventlet.spawn(eventlet.wsgi.server, listener, system_app, log_output=False)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.kill()
+    listener.close()

@@ -6,8 +6,6 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-import eventlet
-import eventlet.wsgi
 import pytest
 
 from tests.helpers import PASSWORD, register, signed_in
@@ -317,15 +315,6 @@ def test_notifications_are_the_polls_rows(susan, john):
 
 
 # -- the stream ------------------------------------------------------------------------------
-
-@pytest.fixture
-def base(system_app):
-    listener = eventlet.listen(("127.0.0.1", 0))
-    server = eventlet.spawn(eventlet.wsgi.server, listener, system_app, log_output=False)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.kill()
-    listener.close()
-
 
 def test_the_stream_gives_the_rows_then_each_change(base, susan, john):
     john.post("/api/messages", json={"recipient": "susan", "body": "one"})

@@ -7,8 +7,6 @@ worker (real mode) is exercised as separate processes in tests/fault/test_stream
 """
 import time
 
-import eventlet
-import eventlet.wsgi
 import pytest
 import requests
 
@@ -17,15 +15,6 @@ from tests.sse import SseStream, cookie_of
 from tests.waiting import wait_until
 
 COUNT = "unread_message_count"
-
-
-@pytest.fixture
-def base(system_app):
-    listener = eventlet.listen(("127.0.0.1", 0))
-    server = eventlet.spawn(eventlet.wsgi.server, listener, system_app, log_output=False)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    server.kill()
-    listener.close()
 
 
 def send(base, browser, recipient, body="hello"):
