@@ -68,6 +68,20 @@ class ProjectedEventHandler(EventHandler):
             provider.backoff.wait()
         super().handle_message(body, message)
 
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        # nameko 2.14.1 acknowledges (or requeues) here and catches only amqp's
+        # ConnectionError. A connection reset while a worker ran, before the consumer's own
+        # thread read the reset, raises the OS's (BrokenPipeError, ConnectionResetError) from
+        # the ack, and nameko kills the container for an error in ``handle_result``: one broker
+        # cut ended the whole service. The connection is gone, so the broker gives the
+        # unacknowledged delivery back on the next one, and the tracking row makes that second
+        # arrival a no-op (nothing lost, nothing applied twice).
+        try:
+            super().handle_message_processed(message, result, exc_info)
+        except BROKER_ERRORS as exc:
+            logger.info("notifications: could not acknowledge a delivery (%s: %s); the broker "
+                        "delivers it again", type(exc).__name__, exc)
+
     def stop(self):
         provider = self._projector_provider()
         if provider is not None:
