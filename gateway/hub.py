@@ -28,6 +28,7 @@ itself.
 from __future__ import annotations
 
 import logging
+import math
 import select
 import threading
 
@@ -47,17 +48,20 @@ READ_WAIT = 30.0  # seconds a stream's first read waits for a shared call (the R
 
 
 class Stream:
-    """One open stream: its user, the last timestamp written and the rows waiting."""
+    """One open stream: its user, the last timestamp written and the rows waiting; the
+    session it was opened with (its token), and when that session expires."""
 
-    __slots__ = ("user_id", "last", "pending", "closed", "wake", "fd")
+    __slots__ = ("user_id", "last", "pending", "closed", "wake", "fd", "token", "ends_at")
 
-    def __init__(self, user_id: int, last: float):
+    def __init__(self, user_id: int, last: float, token: str | None = None, ends_at: float = math.inf):
         self.user_id = user_id
         self.last = last  # the id of the last event written (or the start point)
         self.pending: dict[str, dict] = {}  # name -> newest row not yet written
-        self.closed = False  # the client went away or the process is stopping
+        self.closed = False  # the client went away, its session ended, or the process is stopping
         self.wake = threading.Event()
         self.fd: int | None = None
+        self.token = token  # checked again when the user signs out anywhere (SessionEnded)
+        self.ends_at = ends_at  # Unix time: the session's expiry, when the stream ends
 
 
 class Hub:
@@ -78,10 +82,12 @@ class Hub:
         # without its value). One thread does them for the whole process, in batches.
         self._reread_all = False
         self._reread_users: set[int] = set()
+        self._recheck_users: set[int] = set()  # a sign-out was heard: their streams' sessions
         self._reread_wake = threading.Event()
         self._reread_thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._reread_outage = OutageLog(logger, "open streams: re-reading notifications")
+        self._recheck_outage = OutageLog(logger, "open streams: checking sessions after a sign-out")
         self._reads = ReadBatcher(read_many)
 
     # -- what the listener calls ------------------------------------------------------
@@ -99,6 +105,12 @@ class Hub:
     def users_event(self, event) -> None:
         if isinstance(event, SessionEnded):
             self.known.session_ended(event.user_id, event.position)
+            # The event names no session: every stream of that user opened with one has
+            # its session checked again (by the re-read thread), and ends if it is over.
+            with self._lock:
+                if any(stream.token is not None for stream in self._streams.get(event.user_id, ())):
+                    self._recheck_users.add(event.user_id)
+                    self._reread_wake.set()
         else:
             self.known.profile_changed(event.user_id, event.username, event.about_me, event.position)
 
@@ -132,9 +144,10 @@ class Hub:
                     self._reread_thread = threading.Thread(target=self._reread_loop, name="stream-rereads", daemon=True)
                     self._reread_thread.start()
 
-    def open(self, user_id: int, since: float, sock=None) -> Stream:
+    def open(self, user_id: int, since: float, sock=None, token: str | None = None,
+             ends_at: float = math.inf) -> Stream:
         self.start()
-        stream = Stream(user_id, since)
+        stream = Stream(user_id, since, token, ends_at)
         with self._lock:
             streams = self._streams.setdefault(user_id, {})
             streams[stream] = None
@@ -220,23 +233,53 @@ class Hub:
                 self._reread_all = False
                 self._reread_users.clear()
                 pairs = [[user_id, min(stream.last for stream in self._streams[user_id])] for user_id in users]
-            for start in range(0, len(pairs), REREAD_BATCH):
-                batch = pairs[start:start + REREAD_BATCH]
-                try:
-                    answer = self.read_many(batch)
-                except Exception as exc:  # the service (or broker) is away: try these again
-                    self._reread_outage.failed(exc, f"retrying in {REREAD_RETRY} s")
-                    with self._lock:
-                        self._reread_users.update(user_id for user_id, _ in pairs[start:])
-                    threading.Event().wait(REREAD_RETRY)
-                    self._reread_wake.set()
-                    break
-                self._reread_outage.succeeded()
+                sessions = {(user_id, stream.token) for user_id in self._recheck_users
+                            for stream in self._streams.get(user_id, ()) if stream.token is not None}
+                self._recheck_users.clear()
+            if not self._recheck(sessions) or not self._reread(pairs):
+                threading.Event().wait(REREAD_RETRY)
+                self._reread_wake.set()
+
+    def _recheck(self, sessions: set[tuple[int, str]]) -> bool:
+        """Check ``sessions`` (user, token) with the users service (a sign-out of that
+        user was heard); streams whose session is over end. False if the service did not
+        answer (those not checked are kept for the next round)."""
+        for user_id, token in sessions:
+            try:
+                live = self.known.session_ends_at(user_id, token) is not None
+            except Exception as exc:  # the service (or broker) is away: check these again
+                self._recheck_outage.failed(exc, f"checking them again in {REREAD_RETRY} s")
                 with self._lock:
-                    for user_id, rows in answer:
-                        for stream in self._streams.get(user_id, ()):
-                            if any([_offer(stream, row) for row in rows]):
-                                stream.wake.set()
+                    self._recheck_users.update(user for user, _ in sessions)
+                return False
+            self._recheck_outage.succeeded()
+            if not live:
+                with self._lock:
+                    for stream in self._streams.get(user_id, ()):
+                        if stream.token == token:
+                            stream.closed = True
+                            stream.wake.set()
+        return True
+
+    def _reread(self, pairs: list[list]) -> bool:
+        """Read the rows of ``pairs`` ([user, since]) and offer them to those users'
+        streams. False if the service did not answer (the rest are kept for next round)."""
+        for start in range(0, len(pairs), REREAD_BATCH):
+            batch = pairs[start:start + REREAD_BATCH]
+            try:
+                answer = self.read_many(batch)
+            except Exception as exc:  # the service (or broker) is away: try these again
+                self._reread_outage.failed(exc, f"retrying in {REREAD_RETRY} s")
+                with self._lock:
+                    self._reread_users.update(user_id for user_id, _ in pairs[start:])
+                return False
+            self._reread_outage.succeeded()
+            with self._lock:
+                for user_id, rows in answer:
+                    for stream in self._streams.get(user_id, ()):
+                        if any([_offer(stream, row) for row in rows]):
+                            stream.wake.set()
+        return True
 
     def _hung_up(self, stream: Stream) -> None:
         with self._lock:  # as ``take`` clears ``wake`` under it: the wake-up is not lost

@@ -20,6 +20,7 @@ these rules, so that what it answers is never older than what a fresh read would
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import datetime
@@ -159,7 +160,7 @@ class Known:
                  notifications_ttl: float = 60.0):
         self.rpc = rpc
         self.profiles = Memory(size, profile_ttl)  # user id -> public profile; event marks: users log positions
-        self.sessions = Memory(size, session_ttl)  # user id -> {token: trusted until (monotonic)}
+        self.sessions = Memory(size, session_ttl)  # user id -> {token: (trusted until (monotonic), ends at (Unix time))}
         self.notifications = Memory(size, notifications_ttl)  # user id -> {name: row}; marks: row timestamps
         # user id -> the first page of their inbox (``open_inbox``'s answer when nothing was
         # unread): dropped on any change of their unread count, which every MessageSent to
@@ -263,13 +264,27 @@ class Known:
         has not expired since, and no sign-out of that user was heard since. With ``profile_too`` False (the poll) a
         live session answers ``{"id": user_id}`` when the profile is not in memory."""
         tokens = self.sessions.get(user_id)
-        trusted_until = tokens.get(token) if tokens else None
-        if trusted_until is not None and time.monotonic() < trusted_until:
+        entry = tokens.get(token) if tokens else None
+        if entry is not None and time.monotonic() < entry[0]:
             profile = self.profiles.get(user_id)
             if profile is not None:
                 return profile
             if not profile_too:
                 return {"id": user_id}
+        return self._check_session(user_id, token)[0]
+
+    def session_ends_at(self, user_id: int, token: str) -> float | None:
+        """When the live session ``token`` of the user expires (Unix time; ``math.inf`` if
+        the service did not say), from memory when this process checked it lately, else from
+        the service; None if it is not live. An open stream ends then (``gateway.hub``)."""
+        tokens = self.sessions.get(user_id)
+        entry = tokens.get(token) if tokens else None
+        if entry is not None and time.monotonic() < entry[0]:
+            return entry[1]
+        return self._check_session(user_id, token)[1]
+
+    def _check_session(self, user_id: int, token: str) -> tuple[dict | None, float | None]:
+        """The users service's ``check_session``, kept: (the profile, the session's end)."""
         # Each memory's own reading: their event sequences are separate counters, so a
         # sessions token says nothing about the profile events heard since (with it, a
         # profile heard of once was never kept, and every request asked check_session).
@@ -277,20 +292,19 @@ class Known:
         profile = self.rpc().users.check_session(user_id, token)
         if profile is None:
             self.sessions.forget(user_id)
-            return None
+            return None, None
         profile = dict(profile)
         expires_at = profile.pop("session_expires_at", None)
+        ends_at = datetime.fromisoformat(expires_at).timestamp() if expires_at is not None else math.inf
         # Trusted for session_ttl at most, and never past the session's own end.
-        trust = self.session_ttl
-        if expires_at is not None:
-            trust = min(trust, datetime.fromisoformat(expires_at).timestamp() - time.time())
+        trust = min(self.session_ttl, ends_at - time.time())
         tokens = dict(self.sessions.get(user_id) or {})
         if len(tokens) >= 32:  # one user's browsers and API tokens: keep the memory of them small
             tokens.clear()
-        tokens[token] = time.monotonic() + trust
+        tokens[token] = (time.monotonic() + trust, ends_at)
         self.sessions.keep(user_id, tokens, reading)
         self._keep_profile(profile, profile_reading)
-        return profile
+        return profile, ends_at
 
     def end_session(self, user_id: int, position: int = 0, wait: float = 0.0) -> None:
         """This process signed the user out: forget their sessions at once, then wait (at

@@ -13,10 +13,14 @@ without an event. No ``event:`` field, so ``EventSource.onmessage`` receives eve
 from __future__ import annotations
 
 import json
+import math
+import time
 
 from flask import Response, current_app, request
+from werkzeug.exceptions import Unauthorized
 
 from gateway.hub import Hub, Stream
+from gateway.session_user import known
 from kernel.metrics import STREAM_EVENTS
 
 
@@ -33,12 +37,22 @@ def format_event(row: dict) -> str:
     return f"id: {row['timestamp']!r}\ndata: {json.dumps(row, separators=(',', ':'))}\n\n"
 
 
-def open_stream(user_id: int, since: float) -> Response:
+def open_stream(user_id: int, since: float, token: str | None = None) -> Response:
     """Register the stream, read the user's rows newer than ``since`` (the poll's read;
-    the service's errors propagate, the caller answers 503), then stream."""
+    the service's errors propagate, the caller answers 503), then stream.
+
+    ``token``: the session the caller signed in with. The stream lives as long as it does:
+    it ends when the session expires, or when it is ended anywhere (a sign-out, a revoked
+    API token: the hub checks the user's streams on each ``SessionEnded``). A session that
+    ended since the caller checked it is a 401 (``Unauthorized``)."""
     hub: Hub = current_app.extensions["hub"]
+    ends_at = math.inf
+    if token is not None:
+        ends_at = known().session_ends_at(user_id, token)
+        if ends_at is None:
+            raise Unauthorized()
     # Registered before the read: a change committed meanwhile reaches this stream too.
-    stream = hub.open(user_id, since, _socket(request.environ))
+    stream = hub.open(user_id, since, _socket(request.environ), token, ends_at)
     try:
         rows = hub.read_since(user_id, since)
     except BaseException:
@@ -81,7 +95,11 @@ def _events(hub: Hub, stream: Stream, keepalive: float, retry_ms: int):
             if rows:
                 yield "".join(format_event(row) for row in rows)
                 STREAM_EVENTS.inc(len(rows))
-            elif not stream.wake.wait(keepalive):
+                continue
+            left = stream.ends_at - time.time()
+            if left <= 0:  # the session expired: so does its stream (a new one is a 401)
+                return
+            if not stream.wake.wait(min(keepalive, left)) and left > keepalive:
                 yield ": keepalive\n\n"
     finally:
         # Runs when the stream ends, the client goes away (the server closes the

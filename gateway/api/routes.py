@@ -171,11 +171,14 @@ def notifications():
 @bp.get("/notifications/stream")
 def notification_stream():
     """The push stream's contract (``/notifications/stream``): from ``Last-Event-ID``,
-    else ``?since=``, else 0."""
+    else ``?since=``, else 0. It ends when the token expires or is revoked."""
     since = _unix_time(request.headers.get("Last-Event-ID") or request.args.get("since", "0"))
     if since is None:
         abort(400, description=_("since must be a Unix time: a finite number, 0 or more."))
-    return open_stream(g.api_user_id, since)
+    try:
+        return open_stream(g.api_user_id, since, g.api_token)
+    except Unauthorized:  # revoked (or expired) since ``authenticate`` checked it
+        raise ApiUnauthorized("Bearer") from None
 
 
 def _json_body() -> dict:

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from flask import abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_babel import _, format_datetime, format_timedelta
 from markupsafe import Markup, escape
+from werkzeug.exceptions import Unauthorized
 from flask_login import current_user, login_required
 
 from gateway.errors import RETRY_AFTER, UNAVAILABLE
@@ -241,7 +242,7 @@ def notification_stream():
     anonymous caller, 400 for a start point that is not a Unix time, 503 when the
     notifications service cannot answer the first read (the page then polls).
     """
-    user_id = _session_user_id()
+    user_id, token = _session_ids()
     if user_id is None:
         return jsonify(error=_("Please log in to access this page.")), 401
     raw = request.headers.get("Last-Event-ID") or request.args.get("since", "0")
@@ -249,7 +250,9 @@ def notification_stream():
     if since is None:
         return jsonify(error=_("since must be a Unix time: a finite number, 0 or more.")), 400
     try:
-        return open_stream(user_id, since)
+        return open_stream(user_id, since, token)
+    except Unauthorized:  # its session ended since it was checked
+        return jsonify(error=_("Please log in to access this page.")), 401
     except UNAVAILABLE as exc:
         current_app.logger.warning("stream: %s", exc)
         response = jsonify(error=_("Notifications are unavailable right now; please try again shortly."))
@@ -266,13 +269,19 @@ def _session_user_id() -> int | None:
     service otherwise (see ``gateway.session_user``).
     Without a session id (a "remember me" cookie only), Flask-Login does the full load.
     """
+    return _session_ids()[0]
+
+
+def _session_ids() -> tuple[int | None, str | None]:
+    """``_session_user_id``'s user id, with the session token it was checked with (None
+    when the user came in by a "remember me" cookie only)."""
     raw = session.get("_user_id")
     if raw is not None:
         parsed = parse_session_id(raw)
         if parsed is None or not session_is_live(*parsed):
-            return None
-        return parsed[0]
-    return current_user.id if current_user.is_authenticated else None
+            return None, None
+        return parsed
+    return (current_user.id if current_user.is_authenticated else None), None
 
 
 # A search is at most as long as a username (services/users/models.py, USERNAME_MAX).

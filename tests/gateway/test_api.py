@@ -106,13 +106,18 @@ def test_a_revoked_token_is_refused_by_every_gateway_process(system_app, users, 
                message="the other gateway still takes the revoked token")
 
 
-def test_a_token_expires(system_app, users):
-    lifetime = system_app.config["API_TOKEN_LIFETIME"]
-    system_app.config["API_TOKEN_LIFETIME"] = 1
+def short_lived(app, username, seconds):
+    """An API client whose token lives ``seconds``."""
+    lifetime = app.config["API_TOKEN_LIFETIME"]
+    app.config["API_TOKEN_LIFETIME"] = seconds
     try:
-        susan = Api(system_app, "susan")
+        return Api(app, username)
     finally:
-        system_app.config["API_TOKEN_LIFETIME"] = lifetime
+        app.config["API_TOKEN_LIFETIME"] = lifetime
+
+
+def test_a_token_expires(system_app, users):
+    susan = short_lived(system_app, "susan", 1)
     # Used while live (so the gateway keeps it in memory), then refused once it expired,
     # though the memory would trust a checked session for longer.
     assert susan.get("/api/messages").status_code == 200
@@ -340,6 +345,47 @@ def test_the_stream_gives_the_rows_then_each_change(base, susan, john):
         assert resumed.status == 200 and resumed.next_event(0.5) is None
     finally:
         resumed.close()
+
+
+def ended_within(stream, seconds):
+    """True if ``stream`` ends (the server closes it) within ``seconds``."""
+    stream.body(seconds)
+    return stream.eof
+
+
+def test_revoking_a_token_ends_its_open_stream_and_no_other(base, system_app, users):
+    susan, phone = Api(system_app, "susan"), Api(system_app, "susan")
+    john = Api(system_app, "john")
+    revoked = SseStream(base, None, path="/api/notifications/stream", extra_headers=bearer(susan.token))
+    kept = SseStream(base, None, path="/api/notifications/stream", extra_headers=bearer(phone.token))
+    try:
+        for stream in (revoked, kept):
+            assert stream.status == 200 and stream.next_frame(5).startswith("retry: ")
+        assert susan.delete("/api/tokens").status_code == 204
+        assert ended_within(revoked, 5), "the revoked token's stream is still open"
+        # The same user's other token keeps its stream, and it still pushes.
+        assert not kept.eof
+        john.post("/api/messages", json={"recipient": "susan", "body": "still here"})
+        event = kept.next_event(5)
+        assert event is not None and event["data"]["name"] == COUNT
+    finally:
+        revoked.close()
+        kept.close()
+    again = SseStream(base, None, path="/api/notifications/stream", extra_headers=bearer(susan.token))
+    assert again.status == 401
+    again.close()
+
+
+def test_a_stream_ends_when_its_token_expires(base, system_app, users):
+    susan = short_lived(system_app, "susan", 2)
+    stream = SseStream(base, None, path="/api/notifications/stream", extra_headers=bearer(susan.token))
+    try:
+        opened = time.monotonic()
+        assert stream.status == 200 and stream.next_frame(5).startswith("retry: ")
+        assert ended_within(stream, 6), "the stream outlived its token"
+        assert time.monotonic() - opened > 0.5  # it ended at the expiry, not at once
+    finally:
+        stream.close()
 
 
 # -- a service that cannot answer ------------------------------------------------------------

@@ -215,3 +215,15 @@ def test_a_head_request_leaves_no_stream_behind(base, system_app, susan_and_john
         assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/event-stream")
     wait_until(lambda: hub.count() == before, timeout=3,
                message=lambda: f"{hub.count() - before} streams left open by HEAD requests")
+
+
+def test_signing_out_ends_the_pages_stream(base, susan_and_john):
+    susan, john = susan_and_john
+    stream = SseStream(base, cookie_of(john))
+    try:
+        assert stream.status == 200 and stream.next_frame(5).startswith("retry: ")
+        assert john.get(f"{base}/auth/logout").status_code == 200  # redirected to the sign-in page
+        stream.body(5)
+        assert stream.eof, "the stream of a signed-out session is still open"
+    finally:
+        stream.close()

@@ -195,3 +195,49 @@ def test_past_the_cap_a_users_oldest_stream_ends():
     assert not any(s.closed for s in streams[1:]) and not newest.closed and not other.closed
     hub.close(streams[0])
     assert hub.count() == STREAMS_PER_USER + 1
+
+
+def test_a_sign_out_ends_the_streams_of_that_session_only_and_a_failed_check_is_tried_again():
+    from kernel.events import SessionEnded
+    from gateway.memory import Known
+
+    live = {"tab-token", "phone-token"}
+    checks = []
+    failing = {"left": 1}
+
+    class Users:
+        @staticmethod
+        def check_session(user_id, token):
+            checks.append(token)
+            if failing["left"]:
+                failing["left"] -= 1
+                raise ConnectionError("users away")
+            return {"id": user_id, "username": "susan", "about_me": ""} if token in live else None
+
+    class Pool:
+        users = Users
+
+    import gateway.hub as hub_module
+    original, hub_module.REREAD_RETRY = hub_module.REREAD_RETRY, 0.05
+    known = Known(lambda: Pool, size=100)
+    known.connection_up()
+    hub = Hub(None, read_many=lambda pairs: [], known=known)
+    try:
+        tab = hub.open(7, 0.0, token="tab-token")
+        phone = hub.open(7, 0.0, token="phone-token")
+        remembered = hub.open(7, 0.0)  # a "remember me" browser: no session to check
+        other_user = hub.open(8, 0.0, token="tab-token")
+        live.discard("tab-token")  # signed out of the tab's session
+        hub.users_event(SessionEnded(user_id=7, position=3))
+        wait_until(lambda: tab.closed, message="the signed-out session's stream is still open")
+        assert tab.wake.is_set()
+        assert not phone.closed and not remembered.closed and not other_user.closed
+        assert failing["left"] == 0  # the first check failed: the stream ended on the next one
+        hub.users_event(SessionEnded(user_id=7, position=5))  # another session of theirs: the phone's lives
+        checked = len(checks)
+        wait_until(lambda: len(checks) > checked, message="the phone's session was not checked again")
+        assert not phone.closed
+    finally:
+        hub_module.REREAD_RETRY = original
+        hub.stop()
+
