@@ -10,7 +10,8 @@ avatars are drawn locally by default):
    no wider than the screen (nothing scrolls sideways), even with a 64-character
    username, a 140-character word in a message and in an "about me"; the navbar is
    collapsed behind its toggler, and tapping the toggler shows the Messages link
-   (Bootstrap's script, served by the site, works), which then opens the inbox.
+   (Bootstrap's script, served by the site, works), which then opens the inbox. The
+   pagination links of Messages and Explore keep each its text on one line.
 3. Keyboard (desktop): from /messages, Tab alone reaches the first message's Reply link,
    Enter opens the send form; Tab reaches the text area, typing moves the counter; over
    the limit, Tab to the button and Enter give the form error with the text kept. Every
@@ -80,6 +81,15 @@ def overflow(page: Page) -> dict | None:
         }
         return {scroll_width: doc, inner_width: window.innerWidth, widest};
     }""", page.viewport_size["width"])
+
+
+def broken_links(page: Page) -> list[str]:
+    """The pagination links whose text takes more than one line."""
+    return page.evaluate("""() => [...document.querySelectorAll('.page-link')].filter(link => {
+        const range = document.createRange();
+        range.selectNodeContents(link);
+        return new Set([...range.getClientRects()].map(rect => Math.round(rect.top))).size > 1;
+    }).map(link => link.textContent.trim())""")
 
 
 def focus_shown(page: Page) -> dict:
@@ -181,6 +191,7 @@ def phone(base: str, artifacts: Path, john: Page, facts: dict) -> None:
             toggler.tap()  # closed again for the screenshot
             expect(messages_link).to_be_hidden()
         if path in ("/messages", "/explore"):
+            assert broken_links(john) == [], f"{path}: pagination links broken over two lines"
             shot = artifacts / f"product_surface_phone_{path.strip('/')}.png"
             john.screenshot(path=str(shot), full_page=True)
             step(f"screenshot saved: {shot}")
