@@ -236,7 +236,9 @@ class Hub:
                 sessions = {(user_id, stream.token) for user_id in self._recheck_users
                             for stream in self._streams.get(user_id, ()) if stream.token is not None}
                 self._recheck_users.clear()
-            if not self._recheck(sessions) or not self._reread(pairs):
+            checked = self._recheck(sessions)  # both, whatever the other's outcome: each
+            reread = self._reread(pairs)  # keeps only its own failures for the next round
+            if not (checked and reread):
                 threading.Event().wait(REREAD_RETRY)
                 self._reread_wake.set()
 

@@ -263,9 +263,7 @@ class Known:
         memory when this process checked that session within ``session_ttl`` seconds, it
         has not expired since, and no sign-out of that user was heard since. With ``profile_too`` False (the poll) a
         live session answers ``{"id": user_id}`` when the profile is not in memory."""
-        tokens = self.sessions.get(user_id)
-        entry = tokens.get(token) if tokens else None
-        if entry is not None and time.monotonic() < entry[0]:
+        if self._trusted_session(user_id, token) is not None:
             profile = self.profiles.get(user_id)
             if profile is not None:
                 return profile
@@ -277,11 +275,16 @@ class Known:
         """When the live session ``token`` of the user expires (Unix time; ``math.inf`` if
         the service did not say), from memory when this process checked it lately, else from
         the service; None if it is not live. An open stream ends then (``gateway.hub``)."""
-        tokens = self.sessions.get(user_id)
-        entry = tokens.get(token) if tokens else None
-        if entry is not None and time.monotonic() < entry[0]:
+        entry = self._trusted_session(user_id, token)
+        if entry is not None:
             return entry[1]
         return self._check_session(user_id, token)[1]
+
+    def _trusted_session(self, user_id: int, token: str) -> tuple[float, float] | None:
+        """The memory's (trusted until, ends at) of that session, while it is trusted."""
+        tokens = self.sessions.get(user_id)
+        entry = tokens.get(token) if tokens else None
+        return entry if entry is not None and time.monotonic() < entry[0] else None
 
     def _check_session(self, user_id: int, token: str) -> tuple[dict | None, float | None]:
         """The users service's ``check_session``, kept: (the profile, the session's end)."""

@@ -18,6 +18,8 @@ from datetime import datetime, timedelta, timezone
 from flask import current_app, session
 from flask_login import UserMixin
 
+from gateway.rpc import services
+
 # How long a request waits for the event of its user's own write (a profile edit, an
 # InboxRead) to reach this process's memory before asking the service instead.
 OWN_WRITE_WAIT = 1.0
@@ -65,6 +67,13 @@ def session_lifetime_seconds() -> float:
 
 def known():
     return current_app.extensions["known"]
+
+
+def sign_out(user_id: int, token: str) -> None:
+    """End the session ``token`` of the user in the users service (a browser's sign-out,
+    a revoked API token), and answer once this process has heard its ``SessionEnded``:
+    every gateway process has then dropped it (``Known.end_session``)."""
+    known().end_session(user_id, services().users.end_session(user_id, token), OWN_WRITE_WAIT)
 
 
 def session_is_live(user_id: int, token: str) -> bool:

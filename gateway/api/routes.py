@@ -23,7 +23,7 @@ from gateway.avatars import avatar_url
 from gateway.main.forms import MESSAGE_MAX, as_the_service_counts
 from gateway.main.routes import _page_argument, _rows_since, _unix_time
 from gateway.rpc import services
-from gateway.session_user import OWN_WRITE_WAIT, known, parse_session_id
+from gateway.session_user import OWN_WRITE_WAIT, known, parse_session_id, sign_out
 from gateway.stream import open_stream
 from kernel.errors import InvalidCredentials, UserNotFound, ValidationFailed
 from kernel.events import IDEMPOTENCY_KEY_PATTERN
@@ -73,7 +73,7 @@ def issue_token():
 @bp.delete("/tokens")
 def revoke_token():
     """End the token's session: from now on every gateway process refuses it."""
-    known().end_session(g.api_user_id, services().users.end_session(g.api_user_id, g.api_token), OWN_WRITE_WAIT)
+    sign_out(g.api_user_id, g.api_token)
     return "", 204
 
 

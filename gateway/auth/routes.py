@@ -9,7 +9,7 @@ from gateway.auth import bp
 from gateway.auth.forms import LoginForm, RegistrationForm
 from gateway.forms import show_service_error
 from gateway.rpc import services
-from gateway.session_user import OWN_WRITE_WAIT, SessionUser, known, session_lifetime_seconds
+from gateway.session_user import SessionUser, session_lifetime_seconds, sign_out
 from kernel.errors import InvalidCredentials, ValidationFailed
 
 
@@ -54,7 +54,7 @@ def logout():
     session that only looked ended would be worse."""
     token = getattr(current_user, "session_token", None)
     if current_user.is_authenticated and token:
-        known().end_session(current_user.id, services().users.end_session(current_user.id, token), OWN_WRITE_WAIT)
+        sign_out(current_user.id, token)
     logout_user()
     return redirect(url_for("main.index"))
 

@@ -241,3 +241,37 @@ def test_a_sign_out_ends_the_streams_of_that_session_only_and_a_failed_check_is_
         hub_module.REREAD_RETRY = original
         hub.stop()
 
+
+
+def test_a_session_check_that_keeps_failing_does_not_hold_back_the_re_reads():
+    from kernel.events import SessionEnded
+    from gateway.memory import Known
+
+    class Users:
+        @staticmethod
+        def check_session(user_id, token):
+            raise ConnectionError("users away")
+
+    class Pool:
+        users = Users
+
+    reads = []
+
+    def read_many(pairs):
+        reads.append(pairs)
+        return [[8, [row(5, 14.0)]]]
+
+    import gateway.hub as hub_module
+    original, hub_module.REREAD_RETRY = hub_module.REREAD_RETRY, 0.05
+    hub = Hub(None, read_many=read_many, known=Known(lambda: Pool, size=100))
+    try:
+        signed_out = hub.open(7, 0.0, token="t")
+        other = hub.open(8, 0.0)
+        hub.users_event(SessionEnded(user_id=7, position=3))  # checked again and again, failing
+        hub.connection_up()  # every stream re-reads, in one of those rounds
+        wait_until(other.wake.is_set, message="the re-read waited for the session check")
+        assert hub.take(other) == [row(5, 14.0)]
+        assert not signed_out.closed  # its session could not be checked: not ended on a guess
+    finally:
+        hub_module.REREAD_RETRY = original
+        hub.stop()
