@@ -50,9 +50,11 @@ def test_a_token_is_no_good_for_another_user_or_altered(users_db, susan):
 def test_expired_sessions_are_refused_and_cleared_at_the_next_sign_in(users_db, susan, monkeypatch):
     from datetime import timedelta
 
-    token = accounts.open_session(users_db, susan, 0.05)["token"]
+    # One second (50 ms was a race with a slow disk: the session could expire before its
+    # first check); the clock is then moved past it, so nothing waits.
+    token = accounts.open_session(users_db, susan, 1)["token"]
     assert accounts.check_session(users_db, susan, token) is not None
-    later = accounts.utcnow() + timedelta(seconds=0.1)
+    later = accounts.utcnow() + timedelta(seconds=2)
     monkeypatch.setattr(accounts, "utcnow", lambda: later)  # the accounts' clock moves on: no waiting
     assert accounts.check_session(users_db, susan, token) is None
     accounts.open_session(users_db, susan, 3600)
